@@ -1,0 +1,1 @@
+"""Fused Triton kernels and their PyTorch twins (installed as lightrl.kernels)."""

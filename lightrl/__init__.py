@@ -1,0 +1,1 @@
+"""lightrl: RL from verifiable rewards with fused Triton loss kernels."""
