@@ -1,0 +1,303 @@
+"""The coefficient table: every RLVR algorithm lightrl knows is one frozen row.
+
+All of them follow grad = E[GC(q, o, t) * grad log pi(o_t | q, o_<t)] (DeepSeekMath's
+unified paradigm); a row says how GC is built: which samples are kept, the
+baseline and scale of the advantage, the ratio and its clip, KL, entropy and how
+token terms are summed. Code branches on these fields, never on a row's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Allowed values of the enumerated fields (validated in AlgoRow.__post_init__).
+CHOICES = {
+    "reward_map": ("identity", "pm1"),
+    "keep": ("all", "positives", "mixed", "drop_all_wrong", "drop_all_correct", "top_k"),
+    "top_k_by": ("length", "reward_per_token"),
+    "baseline": ("none", "group_mean", "leave_one_out"),
+    "scale": ("none", "group_std", "batch_std"),
+    "ratio": ("none", "token", "sequence"),
+    "clip_mode": ("ppo", "cispo"),
+    "kl_estimator": ("k1", "k2", "k3", "k1+", "k2+", "k3+"),
+    "aggregate": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "token_sum_norm"),
+}
+
+
+@dataclass(frozen=True)
+class AlgoRow:
+    """One algorithm = one row of gradient-coefficient choices.
+
+    Rewards and filtering (used by ``group_advantages`` and the training loop):
+      reward_map      "identity" | "pm1": pm1 maps a {0,1} reward r to 2r-1 (the Reinforce rows).
+      keep            which samples get a nonzero advantage (mapped rewards; "correct" = reward > 0):
+                        "all";
+                        "positives": reward equal to its group's max and > 0 (RAFT);
+                        "mixed": groups whose rewards are not all equal (Reinforce-Rej, DAPO);
+                        "drop_all_wrong": drop groups whose rewards are all <= 0;
+                        "drop_all_correct": drop groups whose rewards are all > 0;
+                        "top_k": the ``top_k`` best of each group by ``top_k_by`` (GFPO).
+      top_k_by        "length" (shortest first) | "reward_per_token" (highest reward / length first).
+                      Ties go to the earlier sample. Only read when keep == "top_k".
+      top_k           int >= 1, samples kept per group when keep == "top_k"; must be <= the sampled
+                      group size (group_size * sample_factor), which the loop checks.
+      sample_factor   int >= 1: the loop samples group_size * sample_factor completions per prompt.
+      refill          bool: dynamic sampling (DAPO): the loop keeps sampling prompts until the batch
+                      holds enough groups with at least one kept sample.
+      overlong_buffer float in [0, 1): DAPO's soft overlong zone as a FRACTION of the max completion
+                      length (DAPO: 4096 of 20480 = 0.2); ``overlong_buffer_tokens(max_length)`` turns
+                      it into tokens for ``lightrl.rewards.rules.overlong_penalty``. 0 = off.
+      overlong_penalty float >= 0, the penalty at (and beyond) the max length. 0 = off.
+
+    Advantage (per group; "group" = the completions of one prompt):
+      baseline        "none" | "group_mean" | "leave_one_out" (mean of the other samples of the group,
+                      RLOO). A learned value baseline (PPO) is out of scope for now.
+      scale           "none" | "group_std" | "batch_std" (unbiased std over the kept samples of the group
+                      / of the whole batch, taken after the baseline is subtracted for batch_std).
+      std_eps         float > 0 added to the std before dividing.
+      Advantages are computed over the kept samples only and are 0 elsewhere.
+
+    Ratio and clip (used by ``policy_loss``):
+      ratio           "none": on-policy, ratio = exp(logp - sg(logp)) = 1 with gradient (no old log-probs);
+                      "token": exp(logp - old_logp) per token;
+                      "sequence": exp(mean over the sequence's tokens of (logp - old_logp)) (GSPO).
+      eps_low, eps_high  floats: ratio clipped to [1 - eps_low, 1 + eps_high]; 0 <= eps_low <= 1,
+                      eps_high >= 0.
+      dual_clip       None or float > 1: for negative advantages the objective is bounded below by
+                      dual_clip * A (dual-clip PPO). Only with clip_mode "ppo".
+      clip_mode       "ppo": min(r A, clip(r) A); "cispo": sg(clip(r)) * A * logp (CISPO, MiniMax-M1).
+
+    Regularizers:
+      kl_coef         float >= 0; 0 = no KL (and no reference model).
+      kl_estimator    "k1" | "k2" | "k3" (Schulman's estimators of KL(pi || ref)), or "k1+" | "k2+" | "k3+":
+                      the estimator's value with k2's gradient (straight-through).
+      kl_in_reward    bool: subtract kl_coef * (sequence sum of the estimator) from the reward before
+                      advantages (the loop does it) instead of adding kl_coef * KL to the loss.
+      entropy_coef    float: the loss gets - entropy_coef * entropy (a bonus when > 0).
+
+    Aggregation of token terms into the scalar loss (tokens = the mask-true tokens):
+      aggregate       "token_mean": mean over all tokens of the batch;
+                      "seq_mean_token_mean": mean over non-empty sequences of each one's token mean;
+                      "seq_mean_token_sum": mean over non-empty sequences of each one's token sum;
+                      "token_sum_norm": token sum / (non-empty sequences * loss_constant) (Dr.GRPO; the
+                      loop passes loss_constant = the max completion length).
+
+    source            citation, for the table only.
+    """
+
+    reward_map: str = "identity"
+    keep: str = "all"
+    top_k_by: str = "length"
+    top_k: int = 1
+    sample_factor: int = 1
+    refill: bool = False
+    overlong_buffer: float = 0.0
+    overlong_penalty: float = 0.0
+    baseline: str = "none"
+    scale: str = "none"
+    std_eps: float = 1e-4
+    ratio: str = "token"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+    clip_mode: str = "ppo"
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False
+    entropy_coef: float = 0.0
+    aggregate: str = "token_mean"
+    source: str = ""
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"AlgoRow.{name}={value!r} is not one of {allowed}")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AlgoRow.{name}={value!r} must be an int >= 1")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"AlgoRow.{name}={getattr(self, name)!r} must be True or False")
+        for name in _FLOAT_FIELDS + ("dual_clip",):
+            value = getattr(self, name)
+            if value is None and name == "dual_clip":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"AlgoRow.{name}={value!r} must be a real number")
+        _check(self.std_eps > 0, "std_eps", self.std_eps, "> 0 (it keeps std 0 from dividing by zero)")
+        _check(0 <= self.eps_low <= 1, "eps_low", self.eps_low, "in [0, 1] (the lower clip is 1 - eps_low)")
+        _check(self.eps_high >= 0, "eps_high", self.eps_high, ">= 0")
+        _check(self.kl_coef >= 0, "kl_coef", self.kl_coef, ">= 0")
+        _check(0 <= self.overlong_buffer < 1, "overlong_buffer", self.overlong_buffer,
+               "in [0, 1): a fraction of the max completion length")
+        _check(self.overlong_penalty >= 0, "overlong_penalty", self.overlong_penalty, ">= 0")
+        if self.dual_clip is not None:
+            _check(self.dual_clip > 1, "dual_clip", self.dual_clip, "None or > 1")
+            _check(self.clip_mode == "ppo", "dual_clip", self.dual_clip, "None when clip_mode='cispo'")
+
+    @property
+    def needs_old_logp(self) -> bool:
+        """Whether the loss needs log-probs of the sampling policy (any ratio)."""
+        return self.ratio != "none"
+
+    @property
+    def needs_ref(self) -> bool:
+        """Whether a reference model's log-probs are needed (any KL)."""
+        return self.kl_coef > 0
+
+    @property
+    def kl_in_loss(self) -> bool:
+        """Whether policy_loss adds kl_coef * KL per token (else KL is off or in the reward)."""
+        return self.kl_coef > 0 and not self.kl_in_reward
+
+    def overlong_buffer_tokens(self, max_length: int) -> int:
+        """The soft overlong zone in tokens for a given max completion length (0 = off)."""
+        return int(round(self.overlong_buffer * max_length))
+
+    def with_overrides(self, **overrides) -> "AlgoRow":
+        """A copy with some fields replaced, validated.
+
+        Values may be given as strings (from a command line): they are parsed to the
+        field's type ("none" -> None for dual_clip; "true"/"false"/"1"/"0" for bools).
+        """
+        known = [f.name for f in dataclasses.fields(self)]
+        parsed = {}
+        for name, value in overrides.items():
+            if name not in known:
+                raise ValueError(f"AlgoRow has no field {name!r}; valid fields: {', '.join(known)}")
+            parsed[name] = _parse(name, value)
+        return dataclasses.replace(self, **parsed)
+
+
+_INT_FIELDS = ("top_k", "sample_factor")
+_BOOL_FIELDS = ("refill", "kl_in_reward")
+_FLOAT_FIELDS = ("overlong_buffer", "overlong_penalty", "std_eps", "eps_low", "eps_high",
+                 "kl_coef", "entropy_coef")
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"AlgoRow.{name}={value!r} must be {expected}")
+
+
+def _parse(name: str, value):
+    if not isinstance(value, str):
+        if name in _FLOAT_FIELDS + ("dual_clip",) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    try:
+        if name in _INT_FIELDS:
+            return int(text)
+        if name in _FLOAT_FIELDS:
+            return float(text)
+        if name == "dual_clip":
+            return None if text.lower() in ("none", "") else float(text)
+    except ValueError:
+        raise ValueError(f"AlgoRow.{name}: cannot parse {value!r} as a number") from None
+    if name in _BOOL_FIELDS:
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"AlgoRow.{name}: {value!r} is not a bool (true/false/1/0/yes/no)")
+        return lowered in ("true", "1", "yes")
+    return text
+
+
+_MINIMALIST = "Xiong et al. 2025, A Minimalist Approach to LLM Reasoning (arXiv 2504.11343)"
+_GRPO = "Shao et al. 2024, DeepSeekMath (arXiv 2402.03300)"
+
+ALGOS: dict[str, AlgoRow] = {
+    # RAFT (Dong et al. 2023, arXiv 2304.06767) as run in the Minimalist paper: SFT on the
+    # best-of-group correct samples, no ratio.
+    "raft": AlgoRow(keep="positives", ratio="none", aggregate="token_mean",
+                    source="Dong et al. 2023, RAFT (arXiv 2304.06767); " + _MINIMALIST),
+    # RAFT++: RAFT with importance sampling and PPO clipping (Minimalist paper, Sec. 3).
+    "raft++": AlgoRow(keep="positives", ratio="token", eps_low=0.2, eps_high=0.2,
+                      aggregate="token_mean", source=_MINIMALIST),
+    # Reinforce with +-1 rewards, no baseline, clipped token ratio (Minimalist paper).
+    "reinforce": AlgoRow(reward_map="pm1", ratio="token", aggregate="token_mean", source=_MINIMALIST),
+    # Reinforce-Rej: drop prompts whose samples are all correct or all wrong (Minimalist paper).
+    "reinforce-rej": AlgoRow(reward_map="pm1", keep="mixed", aggregate="token_mean", source=_MINIMALIST),
+    # The Minimalist paper's ablations of what GRPO adds to Reinforce.
+    "reinforce-remove-all-wrong": AlgoRow(reward_map="pm1", keep="drop_all_wrong",
+                                          aggregate="token_mean", source=_MINIMALIST),
+    "reinforce-remove-all-correct": AlgoRow(reward_map="pm1", keep="drop_all_correct",
+                                            aggregate="token_mean", source=_MINIMALIST),
+    "grpo-mean-only": AlgoRow(baseline="group_mean", aggregate="token_mean", source=_MINIMALIST),
+    # GRPO as in DeepSeekMath: group-normalized advantage, k3 KL in the loss (beta 0.04),
+    # per-sequence token mean.
+    "grpo": AlgoRow(baseline="group_mean", scale="group_std", kl_coef=0.04, kl_estimator="k3",
+                    aggregate="seq_mean_token_mean", source=_GRPO),
+    # Dr.GRPO (Liu et al. 2025, arXiv 2503.20783): no std, no length normalization.
+    "dr-grpo": AlgoRow(baseline="group_mean", aggregate="token_sum_norm",
+                       source="Liu et al. 2025, Understanding R1-Zero-Like Training (arXiv 2503.20783)"),
+    # DAPO (Yu et al. 2025, arXiv 2503.14476): clip-higher, dynamic sampling, token-level loss,
+    # soft overlong punishment (L_cache 4096 of L_max 20480), no KL.
+    "dapo": AlgoRow(baseline="group_mean", scale="group_std", keep="mixed", refill=True,
+                    eps_low=0.2, eps_high=0.28, aggregate="token_mean",
+                    overlong_buffer=0.2, overlong_penalty=1.0,
+                    source="Yu et al. 2025, DAPO (arXiv 2503.14476)"),
+    # GSPO (Zheng et al. 2025, arXiv 2507.18071): length-normalized sequence ratio, tiny clip range,
+    # sequence-level mean.
+    "gspo": AlgoRow(baseline="group_mean", scale="group_std", ratio="sequence",
+                    eps_low=3e-4, eps_high=4e-4, aggregate="seq_mean_token_mean",
+                    source="Zheng et al. 2025, GSPO (arXiv 2507.18071)"),
+    # GFPO (Shrivastava et al. 2025, arXiv 2508.09726): sample 2x, keep the 8 shortest per group,
+    # normalize over the kept ones.
+    "gfpo": AlgoRow(baseline="group_mean", scale="group_std", keep="top_k", top_k_by="length",
+                    top_k=8, sample_factor=2, aggregate="token_mean",
+                    source="Shrivastava et al. 2025, GFPO (arXiv 2508.09726)"),
+    # RLOO (Ahmadian et al. 2024, arXiv 2402.14740; Kool et al. 2019): leave-one-out baseline, the
+    # whole completion is one action.
+    "rloo": AlgoRow(baseline="leave_one_out", aggregate="seq_mean_token_sum",
+                    source="Ahmadian et al. 2024, Back to Basics (arXiv 2402.14740)"),
+    # CISPO (MiniMax-M1, arXiv 2506.13585): clipped IS weight as a stop-gradient coefficient on
+    # log pi; no lower bound in practice (eps_low 1 puts it at 0).
+    "cispo": AlgoRow(baseline="group_mean", scale="group_std", clip_mode="cispo",
+                     eps_low=1.0, eps_high=0.28, aggregate="token_mean",
+                     source="MiniMax 2025, MiniMax-M1 (arXiv 2506.13585)"),
+}
+
+
+def get_algo(name: str, **overrides) -> AlgoRow:
+    """The row called ``name`` with ``overrides`` applied (see AlgoRow.with_overrides)."""
+    if name not in ALGOS:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGOS))}")
+    return ALGOS[name].with_overrides(**overrides)
+
+
+def algos_markdown() -> str:
+    """The table of ALGOS as Markdown, one line per row (for the README and --list-algos)."""
+    cols = ["reward", "keep", "advantage", "ratio / clip", "KL", "aggregate", "source"]
+    lines = ["| algo | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, row in ALGOS.items():
+        lines.append("| " + " | ".join([f"`{name}`"] + _describe(row)) + " |")
+    return "\n".join(lines)
+
+
+def _describe(row: AlgoRow) -> list[str]:
+    reward = "{0,1}->{-1,+1}" if row.reward_map == "pm1" else "r"
+    if row.overlong_penalty > 0 and row.overlong_buffer > 0:
+        reward += f" + overlong penalty {row.overlong_penalty:g} (last {row.overlong_buffer:.0%})"
+    keep = row.keep
+    if row.keep == "top_k":
+        keep = f"top {row.top_k} by {row.top_k_by} of {row.sample_factor}x samples"
+    if row.refill:
+        keep += ", refill batch"
+    adv = {"none": "r", "group_mean": "r - mean", "leave_one_out": "r - mean of others"}[row.baseline]
+    if row.scale != "none":
+        adv = f"({adv}) / ({row.scale.replace('_', ' ')} + {row.std_eps:g})"
+    if row.ratio == "none":
+        ratio = "none (on-policy)"
+    else:
+        ratio = f"{row.ratio}, {row.clip_mode} [1-{row.eps_low:g}, 1+{row.eps_high:g}]"
+        if row.dual_clip is not None:
+            ratio += f", dual-clip {row.dual_clip:g}"
+    kl = "-" if row.kl_coef == 0 else (
+        f"{row.kl_estimator} x {row.kl_coef:g} in {'reward' if row.kl_in_reward else 'loss'}")
+    agg = row.aggregate
+    if row.entropy_coef:
+        agg += f", entropy {row.entropy_coef:g}"
+    return [reward, keep, adv, ratio, kl, agg, row.source]
