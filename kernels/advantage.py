@@ -1,0 +1,40 @@
+"""group_advantages: per-sequence advantages and keep mask of an algorithm row from group rewards."""
+import torch
+
+from lightrl.kernels import advantage_torch
+from lightrl.kernels.backend import resolve_backend
+
+
+def group_advantages(rewards, group, row, *, lengths=None, backend="auto"):
+    """Advantages of ``row`` (lightrl.algos.AlgoRow) for rewards of grouped samples.
+
+    rewards [B] float; group: an int group size (samples g*size .. (g+1)*size-1 form
+    group g; B must be a multiple) or an int64 index [B] (any ids, any order);
+    lengths [B] (completion lengths, needed when row.keep == "top_k").
+    Returns (advantages [B] f32, keep [B] bool): advantages are computed over the kept
+    samples and are 0 elsewhere; never NaN (a group of one, equal rewards and a fully
+    filtered batch give zeros). Math in advantage_torch.py.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be [B], got {tuple(rewards.shape)}")
+    b, dev = rewards.shape[0], rewards.device
+    if isinstance(group, int):
+        if group < 1 or b % group:
+            raise ValueError(f"group size {group} must be >= 1 and divide the number of rewards B={b}")
+        gid = torch.arange(b, device=dev) // group
+        num_groups = b // group
+    else:
+        if group.shape != (b,) or group.dtype != torch.int64:
+            raise ValueError(f"group index must be int64 [B={b}], got {group.dtype} {tuple(group.shape)}")
+        ids, gid = torch.unique(group, return_inverse=True)
+        num_groups = ids.numel()
+    if row.keep == "top_k":
+        if lengths is None or lengths.shape != (b,):
+            raise ValueError(f"row.keep='top_k' (by {row.top_k_by}) needs lengths [B={b}]")
+    name = resolve_backend(backend, dev)
+    if name == "reference":
+        return advantage_torch.reference_group_advantages(rewards, gid, num_groups, row, lengths)
+    if name == "triton":
+        from lightrl.kernels import advantage_triton  # imported late: only where Triton can run
+        return advantage_triton.group_advantages_triton(rewards, gid, num_groups, row, lengths)
+    return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths)

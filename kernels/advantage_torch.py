@@ -1,0 +1,128 @@
+"""Plain-PyTorch twin of the group-advantage kernel, and a per-group loop reference.
+
+For each group (the completions of one prompt), with r the mapped rewards:
+  keep      see lightrl.algos.AlgoRow.keep ("correct" = r > 0; top_k ties go to the earlier sample)
+  baseline  group_mean: mean of the kept r; leave_one_out: mean of the other kept r
+  scale     group_std: unbiased std of the kept r of the group; batch_std: unbiased std of
+            all kept advantages of the batch (after the baseline); a std over fewer than
+            two samples is 0, and row.std_eps keeps the division finite.
+  advantage (r - baseline) / (scale + std_eps) on kept samples, 0 elsewhere. A group with
+            a single kept sample gets advantage 0 under either baseline.
+"""
+import torch
+
+
+def mapped_rewards(rewards, row):
+    r = rewards.float()
+    return 2.0 * r - 1.0 if row.reward_map == "pm1" else r
+
+
+def sort_key(r, lengths, row):
+    """Ascending key for top-k: shortest first, or highest reward per token first."""
+    lengths = lengths.float()
+    return lengths if row.top_k_by == "length" else -(r / lengths.clamp(min=1.0))
+
+
+def group_advantages_torch(rewards, gid, num_groups: int, row, lengths=None):
+    """rewards [B], gid [B] int64 in [0, G). Returns (advantages [B] f32, keep [B] bool)."""
+    r = mapped_rewards(rewards, row)
+    b = r.shape[0]
+    dev = r.device
+
+    def seg_sum(x):
+        return torch.zeros(num_groups, dtype=x.dtype, device=dev).index_add_(0, gid, x)
+
+    gmax = torch.full((num_groups,), -float("inf"), device=dev).scatter_reduce(0, gid, r, "amax")
+    gmin = torch.full((num_groups,), float("inf"), device=dev).scatter_reduce(0, gid, r, "amin")
+    if row.keep == "all":
+        keep = torch.ones(b, dtype=torch.bool, device=dev)
+    elif row.keep == "positives":
+        keep = (r == gmax[gid]) & (r > 0)
+    elif row.keep == "mixed":
+        keep = (gmax != gmin)[gid]
+    elif row.keep == "drop_all_wrong":
+        keep = (gmax > 0)[gid]
+    elif row.keep == "drop_all_correct":
+        keep = (gmin <= 0)[gid]
+    else:
+        # Stable sorts: by key, then by group -> each group's samples in key order.
+        order = torch.argsort(sort_key(r, lengths, row), stable=True)
+        order = order[torch.argsort(gid[order], stable=True)]
+        sizes = seg_sum(torch.ones(b, device=dev))
+        starts = torch.cumsum(sizes, 0) - sizes
+        rank = torch.empty(b, device=dev)
+        rank[order] = torch.arange(b, device=dev, dtype=torch.float32) - starts[gid[order]]
+        keep = rank < row.top_k
+    kf = keep.float()
+    n = seg_sum(kf)
+    total = seg_sum(r * kf)
+    mean = total / n.clamp(min=1.0)
+    if row.baseline == "none":
+        a = r
+    elif row.baseline == "group_mean":
+        a = r - mean[gid]
+    else:
+        others = (n[gid] - 1.0).clamp(min=1.0)
+        a = torch.where(n[gid] > 1, r - (total[gid] - r) / others, 0.0)
+    if row.scale == "group_std":
+        var = seg_sum((r - mean[gid]) ** 2 * kf) / (n - 1.0).clamp(min=1.0)
+        a = a / (var.sqrt()[gid] + row.std_eps)
+    a = torch.where(keep, a, 0.0)
+    if row.scale == "batch_std":
+        a = a / (batch_std(a, keep) + row.std_eps)
+    return a, keep
+
+
+def batch_std(a, keep):
+    """Unbiased std of a over the kept entries (0 for fewer than two)."""
+    kf = keep.float()
+    nk = kf.sum()
+    mean = (a * kf).sum() / nk.clamp(min=1.0)
+    return (((a - mean) ** 2 * kf).sum() / (nk - 1.0).clamp(min=1.0)).sqrt()
+
+
+def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None):
+    """The same, one group at a time in plain Python (ground truth for tests)."""
+    r = mapped_rewards(rewards, row)
+    adv = torch.zeros_like(r)
+    keep = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
+    for g in range(num_groups):
+        idx = (gid == g).nonzero().flatten().tolist()
+        vals = [float(r[i]) for i in idx]
+        if not idx:
+            continue
+        if row.keep == "all":
+            k = [True] * len(idx)
+        elif row.keep == "positives":
+            k = [v == max(vals) and v > 0 for v in vals]
+        elif row.keep == "mixed":
+            k = [max(vals) != min(vals)] * len(idx)
+        elif row.keep == "drop_all_wrong":
+            k = [any(v > 0 for v in vals)] * len(idx)
+        elif row.keep == "drop_all_correct":
+            k = [not all(v > 0 for v in vals)] * len(idx)
+        else:
+            keys = [float(x) for x in sort_key(r[idx], lengths[idx], row)]
+            ranked = sorted(range(len(idx)), key=lambda j: (keys[j], j))
+            k = [ranked.index(j) < row.top_k for j in range(len(idx))]
+        kept = [v for v, kk in zip(vals, k) if kk]
+        n = len(kept)
+        mean = sum(kept) / n if n else 0.0
+        std = (sum((v - mean) ** 2 for v in kept) / (n - 1)) ** 0.5 if n > 1 else 0.0
+        for j, i in enumerate(idx):
+            if not k[j]:
+                continue
+            keep[i] = True
+            v = vals[j]
+            if row.baseline == "none":
+                a = v
+            elif row.baseline == "group_mean":
+                a = v - mean
+            else:
+                a = v - (sum(kept) - v) / (n - 1) if n > 1 else 0.0
+            if row.scale == "group_std":
+                a = a / (std + row.std_eps)
+            adv[i] = a
+    if row.scale == "batch_std":
+        adv = adv / (batch_std(adv, keep) + row.std_eps)
+    return adv, keep

@@ -1,0 +1,108 @@
+"""policy_loss: the scalar RL loss of an algorithm row from per-token log-probs.
+
+The math (ratios, clips, KL estimators and their clamps, aggregation weights) is
+written out in policy_loss_torch.py's docstring; every backend computes the same.
+"""
+import torch
+
+from lightrl.kernels import policy_loss_torch
+from lightrl.kernels.backend import resolve_backend
+
+
+def _impl(name):
+    if name == "triton":
+        from lightrl.kernels import policy_loss_triton  # imported late: only where Triton can run
+        return policy_loss_triton
+    return policy_loss_torch
+
+
+class _PolicyLoss(torch.autograd.Function):
+    """Loss and its gradient come out of one forward pass (d loss / d logp is closed-form);
+    the backward scales the saved gradients by grad_output."""
+
+    @staticmethod
+    def forward(ctx, impl, logp, entropy, old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
+                loss_constant):
+        loss, grad_logp, grad_ent, parts = impl.policy_loss_terms(
+            logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant)
+        ctx.save_for_backward(grad_logp, grad_ent if grad_ent is not None else grad_logp.new_zeros(0))
+        ctx.mark_non_differentiable(parts)
+        return loss, parts
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_parts):
+        grad_logp, grad_ent = ctx.saved_tensors
+        g_ent = grad_ent * grad_loss if grad_ent.numel() else None
+        return None, grad_logp * grad_loss, g_ent, None, None, None, None, None, None, None, None
+
+
+def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy, loss_constant):
+    """Validate shapes / dtypes / row needs. Returns (num_seqs, per_token_advantages: bool)."""
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("seq_index", seq_index),
+                    ("entropy", entropy)):
+        if t is not None and t.shape != (n,):
+            raise ValueError(f"{name} must have shape [N={n}] like logp, got {tuple(t.shape)}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be bool, got {mask.dtype} (use mask.bool())")
+    if seq_index.dtype != torch.int64:
+        raise TypeError(f"seq_index must be int64, got {seq_index.dtype} (use seq_index.long())")
+    if advantages.dim() != 1:
+        raise ValueError(f"advantages must be [S] per sequence or [N] per token, got {tuple(advantages.shape)}")
+    if n and bool((seq_index[1:] < seq_index[:-1]).any()):
+        raise ValueError("seq_index must be non-decreasing: the tokens of one sequence contiguous, "
+                         "sequences in order 0..S-1")
+    per_token = advantages.numel() == n
+    if per_token:
+        num_seqs = int(seq_index[-1]) + 1 if n else 0
+    else:
+        num_seqs = advantages.numel()
+        if n and int(seq_index[-1]) >= num_seqs:
+            raise ValueError(f"seq_index reaches {int(seq_index[-1])} but advantages has {num_seqs} entries "
+                             f"(per sequence) and N={n} tokens (per token)")
+    if n and int(seq_index[0]) < 0:
+        raise ValueError("seq_index must be >= 0")
+    if row.kl_in_loss and ref_logp is None:
+        raise ValueError(f"row has kl_coef={row.kl_coef} with KL in the loss: pass ref_logp, "
+                         "or override kl_coef=0")
+    if row.entropy_coef != 0 and entropy is None:
+        raise ValueError(f"row has entropy_coef={row.entropy_coef}: pass entropy [N]")
+    if loss_constant is not None and not loss_constant > 0:
+        raise ValueError(f"loss_constant must be > 0 (the max completion length), got {loss_constant}")
+    return num_seqs, per_token
+
+
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, entropy=None, loss_constant=None,
+                backend="auto"):
+    """Scalar loss of ``row`` (lightrl.algos.AlgoRow) and its metrics.
+
+    logp [N] f32 (differentiable), old_logp [N] or None (None = on-policy: ratio 1 with
+    gradient), ref_logp [N] or None (needed when the row has KL in the loss), advantages
+    [S] per sequence or [N] per token, mask [N] bool (tokens that count), seq_index [N]
+    int64 non-decreasing (sequence of each token), entropy [N] (differentiable; needed
+    when row.entropy_coef != 0), loss_constant: Dr.GRPO's normalizer for
+    aggregate="token_sum_norm" (default: the longest sequence under the mask).
+    Returns (loss 0-d f32, metrics): 0-d f32 tensors, means over mask tokens (0 without any):
+      clip_frac_low / clip_frac_high: tokens whose coefficient the clip changed: ppo:
+        r < 1-eps_low with A < 0 / r > 1+eps_high with A > 0; cispo: r out of range with A != 0;
+      ratio_mean, ratio_max: of r over mask tokens; kl_mean: of the row's estimator
+        (0 without ref_logp); entropy_mean (0 without entropy); kept_frac: tokens with A != 0.
+    """
+    n = logp.shape[0]
+    if logp.dim() != 1:
+        raise ValueError(f"logp must be [N], got {tuple(logp.shape)}")
+    num_seqs, per_token = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy,
+                                       loss_constant)
+    adv_tok = advantages if per_token else advantages[seq_index]
+    if row.ratio == "none":
+        old_logp = None
+    if ref_logp is not None:
+        ref_logp = ref_logp.detach()
+    if old_logp is not None:
+        old_logp = old_logp.detach()
+    name = resolve_backend(backend, logp.device)
+    if name == "reference":
+        return policy_loss_torch.reference_policy_loss(
+            logp, old_logp, ref_logp, adv_tok.detach(), mask, seq_index, entropy, num_seqs, row, loss_constant)
+    loss, parts = _PolicyLoss.apply(_impl(name), logp, entropy, old_logp, ref_logp, adv_tok.detach(), mask,
+                                    seq_index, num_seqs, row, loss_constant)
+    return loss, policy_loss_torch.finish_metrics(parts)
