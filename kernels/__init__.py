@@ -2,3 +2,4 @@
 from lightrl.kernels.logprobs import linear_logprobs
 from lightrl.kernels.advantage import group_advantages
 from lightrl.kernels.policy_loss import policy_loss
+from lightrl.kernels.fused_policy_loss import fused_policy_loss
