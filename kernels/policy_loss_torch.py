@@ -170,7 +170,7 @@ def policy_loss_terms(logp, old_logp, ref_logp, adv_tok, mask, seq_index, entrop
 
 
 def reference_policy_loss(logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant):
-    """Ground truth: the formulas written out with autograd (GSPO in its sequence form).
+    """Ground truth: the formulas written out with autograd (GSPO in its GSPO-token form).
 
     Returns (loss 0-d f32 with autograd graph to logp / entropy, metrics dict).
     """
@@ -187,8 +187,11 @@ def reference_policy_loss(logp, old_logp, ref_logp, adv_tok, mask, seq_index, en
         log_ratio = torch.where(mask, logp32 - old_logp.float(), 0.0)
         log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     else:
-        seq_log_ratio = seq_sum(logp32 - old_logp.float()) / count.clamp(min=1.0)
-        log_ratio = seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)[seq_index]
+        # GSPO-token: r_t = sg(s_i) * exp(logp_t - sg(logp_t)), s_i the clamped sequence ratio.
+        seq_log_ratio = (seq_sum(logp32 - old_logp.float()) / count.clamp(min=1.0)).detach()[seq_index]
+        inside = seq_log_ratio.abs() <= LOG_RATIO_CLAMP
+        log_ratio = seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP) + torch.where(
+            inside, logp32 - logp32.detach(), 0.0)
     ratio = torch.exp(log_ratio)
     lo, hi = 1.0 - row.eps_low, 1.0 + row.eps_high
     adv = adv_tok.float()
