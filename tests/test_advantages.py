@@ -1,0 +1,128 @@
+"""group_advantages: hand-computed values, edge cases and parity across backends."""
+import math
+
+import pytest
+import torch
+
+from lightrl.algos import ALGOS, get_algo
+from lightrl.kernels import group_advantages
+
+BACKENDS = ["torch", "triton", "reference"]
+
+
+def run_all(rewards, group, row, lengths=None):
+    out = {b: group_advantages(rewards, group, row, lengths=lengths, backend=b) for b in BACKENDS}
+    for b in ("torch", "triton"):
+        torch.testing.assert_close(out[b][0], out["reference"][0], rtol=1e-6, atol=1e-6, msg=b)
+        assert torch.equal(out[b][1], out["reference"][1]), b
+    adv, keep = out["torch"]
+    assert adv.dtype == torch.float32 and keep.dtype == torch.bool and torch.isfinite(adv).all()
+    return adv, keep
+
+
+R = torch.tensor([1., 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0])
+
+
+@pytest.mark.interpret
+def test_hand_computed_rows():
+    # grpo: (r - mean) / (unbiased std + 1e-4); group [1,0,0,1]: mean .5, std sqrt(1/3).
+    adv, keep = run_all(R, 4, ALGOS["grpo"])
+    s = 0.5 / (math.sqrt(1 / 3) + 1e-4)
+    assert adv[:4].tolist() == pytest.approx([s, -s, -s, s])
+    assert adv[4:12].abs().max() == 0 and keep.all()
+    s2 = 0.5  # group [0,1,0,0]: mean .25, unbiased variance (3 * .0625 + .5625) / 3 = .25
+    assert adv[12:].tolist() == pytest.approx([-0.25 / (s2 + 1e-4), 0.75 / (s2 + 1e-4)] + [-0.25 / (s2 + 1e-4)] * 2)
+    # raft: positives only, advantage = reward.
+    adv, keep = run_all(R, 4, ALGOS["raft"])
+    assert keep.tolist() == (R > 0).tolist() and adv.tolist() == R.tolist()
+    # reinforce: +-1, no baseline; reinforce-rej drops the all-correct and all-wrong groups.
+    adv, _ = run_all(R, 4, ALGOS["reinforce"])
+    assert adv.tolist() == (2 * R - 1).tolist()
+    adv, keep = run_all(R, 4, ALGOS["reinforce-rej"])
+    assert keep.tolist() == [True] * 4 + [False] * 8 + [True] * 4
+    assert adv.tolist() == [1, -1, -1, 1] + [0] * 8 + [-1, 1, -1, -1]
+    _, keep = run_all(R, 4, ALGOS["reinforce-remove-all-wrong"])
+    assert keep.tolist() == [True] * 8 + [False] * 4 + [True] * 4
+    _, keep = run_all(R, 4, ALGOS["reinforce-remove-all-correct"])
+    assert keep.tolist() == [True] * 4 + [False] * 4 + [True] * 8
+    # dr-grpo / grpo-mean-only: r - mean.
+    adv, _ = run_all(R, 4, ALGOS["dr-grpo"])
+    assert adv[12:].tolist() == [-0.25, 0.75, -0.25, -0.25]
+    # rloo: r - mean of the others = G/(G-1) (r - mean).
+    adv, _ = run_all(R, 4, ALGOS["rloo"])
+    assert adv[12:].tolist() == pytest.approx([-1 / 3, 1, -1 / 3, -1 / 3])
+    # dapo: mixed groups only, group-normalized.
+    adv, keep = run_all(R, 4, ALGOS["dapo"])
+    assert keep.tolist() == [True] * 4 + [False] * 8 + [True] * 4 and adv[:4].tolist() == pytest.approx([s, -s, -s, s])
+
+
+@pytest.mark.interpret
+def test_gfpo_top_k_by_length_and_reward_per_token():
+    rewards = torch.tensor([1., 1, 0, 1, 0, 1, 1, 0])
+    lengths = torch.tensor([30, 10, 5, 10, 50, 40, 20, 25])
+    row = get_algo("gfpo", top_k=2)
+    adv, keep = run_all(rewards, 4, row, lengths)
+    # Shortest two per group; the tie (10, 10) goes to the earlier sample.
+    assert keep.tolist() == [False, True, True, False, False, False, True, True]
+    # Statistics over the kept set only: group 0 kept [1, 0] -> +-0.5 / (std .7071 + eps).
+    s = 0.5 / (math.sqrt(0.5) + 1e-4)
+    assert adv.tolist() == pytest.approx([0, s, -s, 0, 0, 0, s, -s])
+    row = get_algo("gfpo", top_k=2, top_k_by="reward_per_token")
+    _, keep = run_all(rewards, 4, row, lengths)
+    # Highest reward / length: group 0: 1/10 (idx 1, idx 3 tie -> idx 1), then 1/10 (idx 3).
+    assert keep.tolist() == [False, True, False, True, False, True, True, False]
+    with pytest.raises(ValueError, match="needs lengths"):
+        group_advantages(rewards, 4, row)
+
+
+@pytest.mark.interpret
+def test_edge_cases_no_nan():
+    # A group of one: zero advantage under any baseline (nothing to compare with).
+    for name in ("grpo", "rloo", "dr-grpo"):
+        adv, keep = run_all(torch.tensor([1., 0, 1]), 1, ALGOS[name])
+        assert adv.tolist() == [0, 0, 0] and keep.all()
+    # All rewards equal: std 0 -> advantage 0, no NaN.
+    adv, _ = run_all(torch.ones(8), 4, ALGOS["grpo"])
+    assert adv.abs().max() == 0
+    # Every group filtered: keep all False, all-zero advantages.
+    for name in ("reinforce-rej", "dapo"):
+        adv, keep = run_all(torch.tensor([1., 1, 0, 0]), 2, ALGOS[name])
+        assert not keep.any() and adv.abs().max() == 0
+    adv, keep = run_all(torch.zeros(4), 2, ALGOS["raft"])
+    assert not keep.any() and adv.abs().max() == 0
+    adv, keep = run_all(torch.zeros(4), 2, get_algo("grpo", scale="batch_std"))
+    assert adv.abs().max() == 0
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", list(ALGOS))
+def test_group_index_equals_group_size(name):
+    torch.manual_seed(0)
+    rewards = (torch.rand(24) > 0.5).float()
+    rewards[8:12] = 1.0
+    lengths = torch.randint(1, 40, (24,))
+    row = ALGOS[name].with_overrides(top_k=2) if ALGOS[name].keep == "top_k" else ALGOS[name]
+    adv, keep = run_all(rewards, 4, row, lengths)
+    # The same groups, given as shuffled ids: the same result per sample.
+    perm = torch.randperm(24)
+    ids = torch.tensor([7, 3, 11, 0, 5, 9]).repeat_interleave(4)
+    adv2, keep2 = run_all(rewards[perm], ids[perm], row, lengths[perm])
+    torch.testing.assert_close(adv2, adv[perm])
+    assert torch.equal(keep2, keep[perm])
+    # Uneven group sizes through an index (one group of one).
+    run_all(rewards[:7], torch.tensor([0, 0, 0, 1, 1, 1, 2]), row, lengths[:7])
+
+
+@pytest.mark.interpret
+def test_batch_std_scale():
+    rewards = torch.tensor([1., 0, 0, 0, 1, 1, 0, 1])
+    adv, _ = run_all(rewards, 4, get_algo("dr-grpo", scale="batch_std"))
+    centered = torch.tensor([0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25])
+    torch.testing.assert_close(adv, centered / (centered.std() + 1e-4))
+
+
+def test_bad_group_arguments():
+    with pytest.raises(ValueError, match="divide the number of rewards"):
+        group_advantages(torch.ones(6), 4, ALGOS["grpo"])
+    with pytest.raises(ValueError, match="group index must be int64"):
+        group_advantages(torch.ones(4), torch.zeros(4, dtype=torch.int32), ALGOS["grpo"])
