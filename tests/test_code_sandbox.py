@@ -303,11 +303,15 @@ def test_writes_outside_workdir_fail(limits_proven, clean_machine):
     targets = [Path(tempfile.gettempdir()) / marker, REPO / marker, Path("/dev/shm") / marker]
     tests = [f"open({str(t)!r}, 'w').write('x')" for t in targets]
     tests.append("open('inside.txt', 'w').write('x')")  # the control: its own dir is writable
-    res = run(SOLUTION, tests)
+    try:
+        res = run(SOLUTION, tests)
+        escaped = [t for t in targets if t.exists()]
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+    assert not escaped, f"sandboxed code wrote {escaped}"
     assert res.statuses == ("error", "error", "error", "passed"), res
     assert "Read-only file system" in res.detail or "Permission denied" in res.detail
-    for t in targets:
-        assert not t.exists(), f"sandboxed code wrote {t}"
 
 
 @needs_sandbox
@@ -345,6 +349,10 @@ def test_unsafe_mode_still_drops_root(clean_machine):
     marker = REPO / f"lightrl-escape-{uuid.uuid4().hex}"
     tests = ["assert os.getuid() == 65534 and os.getgroups() == []", f"open({str(marker)!r}, 'w')",
              "assert add(2, 2) == 4"]
-    res = run(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True)
+    try:
+        res = run(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True)
+        escaped = marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)
     assert res.statuses == ("passed", "error", "passed"), res
-    assert "Permission denied" in res.detail and not marker.exists()
+    assert "Permission denied" in res.detail and not escaped

@@ -143,7 +143,8 @@ def run_code_tests(
         stopped, records, stderr = _collect(proc, res_r, deadline)
     finally:
         if proc is not None:
-            _kill_group(proc)
+            _kill_group(proc)  # whatever of the sandbox is still around
+            proc.wait()
             for f in (proc.stdin, proc.stdout, proc.stderr):
                 f.close()
         for fd in (res_r, res_w):
@@ -233,22 +234,25 @@ def _collect(proc, res_r, deadline):
                 _kill_group(proc)
                 deadline = time.monotonic() + _KILL_GRACE_S
     sel.close()
-    try:
-        proc.wait(max(deadline - time.monotonic(), 0.1))
-    except subprocess.TimeoutExpired:
-        stopped = stopped or "timeout"
-        _kill_group(proc)
+    # Wait for the launcher to exit, without reaping it (see _kill_group).
+    while not os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+        if time.monotonic() > deadline:
+            stopped = stopped or "timeout"
+            break
+        time.sleep(0.005)
     lines = results.decode("utf-8", "replace").split("\n")[:-1]  # drop a torn last line
     return stopped, lines, stderr.decode("utf-8", "replace")
 
 
 def _kill_group(proc) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    """SIGKILL the launcher's process group: the launcher, the namespace's init (whose
+    death takes the whole pid namespace with it) and, without namespaces, the code's
+    processes. Call it only before the launcher is reaped: until then its pid, which
+    is the group's id, cannot be reused by an unrelated process."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _score(lines, total, mode, stopped, returncode, stderr) -> CodeResult:
