@@ -223,9 +223,10 @@ def test_clean_environment_and_identity(clean_machine, monkeypatch):
         "assert sys.flags.isolated and sys.flags.no_site",
         "assert len(pids) <= 3, pids",  # its own pid namespace: init, runner (and maybe a child)
         "assert open('here.txt').read() == 'ok'",
+        "import ctypes; assert ctypes.CDLL(None).unshare(0x10000000) != 0",  # no user namespace of its own
     ]
     res = run(probe, tests)
-    assert res.statuses == ("passed",) * 5, res
+    assert res.statuses == ("passed",) * 6, res
 
 
 @needs_sandbox

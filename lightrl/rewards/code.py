@@ -19,7 +19,8 @@ UTS namespaces; the launcher maps one unprivileged id into the user namespace
 - no network: the new network namespace has only a loopback device, and it is down;
 - the whole filesystem is remounted read-only (and nosuid), the working directory
   is a fresh size-limited tmpfs mounted over a host temp dir that stays empty and
-  is removed afterwards, and /proc is a fresh mount that shows only the sandbox;
+  is removed afterwards, and /proc is a fresh mount that shows only the sandbox
+  (where the kernel allows it; containers that mask /proc may not);
 - the code runs as the unprivileged id with no capabilities, no_new_privs, an
   empty environment (PATH, LANG, HOME, TMPDIR only) and ``python -I -S -B``;
 - RLIMIT_AS (memory per process), RLIMIT_CPU, RLIMIT_NPROC (counted per user
@@ -103,8 +104,9 @@ def run_code_tests(
     max_procs: processes (and threads) the code may have at once.
     python: interpreter that runs the code (default: this one); the sandbox user
     (nobody when the caller is root) must be able to execute it and read its stdlib.
-    unsafe_no_namespaces: run even where namespaces cannot be created, i.e.
-    WITHOUT network and filesystem isolation. Never set it for untrusted code.
+    unsafe_no_namespaces: skip the namespaces, i.e. run WITHOUT network and
+    filesystem isolation (for machines that cannot create them). Never set it
+    for code you would not run yourself.
     Thread-safe; each call uses its own processes and temp dir.
     """
     kind = _test_kind(tests)
@@ -280,7 +282,7 @@ def _score(lines, total, mode, stopped, returncode, stderr) -> CodeResult:
 
 def _setup_message(stderr: str, unsafe: bool) -> str:
     msg = f"code sandbox could not be set up: {stderr.strip() or 'launcher failed without a message'}"
-    if "runner setup" in stderr and "Permission denied" in stderr:
+    if "cannot run the interpreter" in stderr:
         msg += (". The sandbox user (uid 65534 when the caller is root) must be able to run the "
                 "interpreter: pass python='/usr/bin/python3' or another one readable by all users")
     elif not unsafe and "unshare" in stderr:
@@ -467,6 +469,9 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
                    f"size={_TMPFS_BYTES},mode=0700,uid={job['uid']},gid={job['gid']}")
             try:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                # No user namespaces of its own for the code: they would hand it
+                # capabilities, the usual way into kernel bugs.
+                _write("/proc/sys/user/max_user_namespaces", "0")
             except OSError:
                 pass  # e.g. a container masking parts of /proc; the host's stays visible, read-only
             runner = os.fork()
@@ -511,8 +516,11 @@ def _exec_runner(job) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     py = job["python"]
-    os.execve(py, [py, "-I", "-S", "-B", "-c", _RUNNER, str(job["result_fd"]), job["kind"]],
-              _clean_env(job["workdir"]))
+    try:
+        os.execve(py, [py, "-I", "-S", "-B", "-c", _RUNNER, str(job["result_fd"]), job["kind"]],
+                  _clean_env(job["workdir"]))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot run the interpreter {py} as uid {job['uid']}: {e.strerror}") from None
 
 
 if __name__ == "__main__":
