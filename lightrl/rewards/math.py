@@ -396,8 +396,8 @@ class _LatexToPy:
     def arg(self, exponent: bool = False) -> str:
         """A macro argument: {group}, one digit, one letter or one command atom."""
         c = self.peek()
-        if c == "{":
-            return self.group("{", "}")
+        if c in "{(":  # sqrt(2) in plain-text answers
+            return self.group(c, "}" if c == "{" else ")")
         if c.isdigit():
             self.i += 1
             return c
@@ -440,10 +440,14 @@ class _LatexToPy:
         if sci:
             self.i = sci.end()
             return f"({text}*10**({int(sci.group(1))}))"
-        mixed = re.compile(r"\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}").match(self.s, self.i)
-        if mixed and "." not in text and int(mixed.group(1)) < int(mixed.group(2)):
+        if "." in text:
+            return text
+        text = str(int(text))  # 042 -> 42 (leading zeros are a syntax error in Python)
+        mixed = (re.compile(r"\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}").match(self.s, self.i)
+                 or re.compile(r"\s+(\d+)\s*/\s*(\d+)\s*$").match(self.s, self.i))  # 1\frac{4}{5}, 3 1/2
+        if mixed and int(mixed.group(1)) < int(mixed.group(2)):
             self.i = mixed.end()
-            return f"({text}+{mixed.group(1)}/{mixed.group(2)})"
+            return f"({text}+{int(mixed.group(1))}/{int(mixed.group(2))})"
         return text
 
     def symbol(self, name: str) -> str:
@@ -600,8 +604,8 @@ def _to_py(latex: str) -> tuple[str, ast.Expression, bool]:
 
 
 def _digits(q: Fraction) -> float:
-    """Decimal digits of the larger of numerator and denominator (approximately)."""
-    return max(abs(q.numerator).bit_length(), q.denominator.bit_length()) * 0.30103 + 1
+    """log10 of the larger of |numerator| and denominator."""
+    return math.log10(max(abs(q.numerator), q.denominator, 1))
 
 
 def _exact(node: ast.AST, src: str) -> Fraction | None:
@@ -639,7 +643,7 @@ def _exact(node: ast.AST, src: str) -> Fraction | None:
             return a
         if a == -1:
             return Fraction(1 if e % 2 == 0 else -1)
-        if abs(e) * max(_digits(a), 1) > MAX_RESULT_DIGITS:
+        if abs(e) * _digits(a) > MAX_RESULT_DIGITS:
             raise _Reject("power too large")
         return a ** e
     if isinstance(node, ast.Call):
@@ -707,7 +711,7 @@ def _exact_root(a: Fraction, e: Fraction, real: bool = False) -> Fraction | None
     root = Fraction(sign * num, den)
     if root == 0 and p < 0:
         raise _Reject("division by zero")
-    if abs(p) * max(_digits(root), 1) > MAX_RESULT_DIGITS:
+    if abs(p) * _digits(root) > MAX_RESULT_DIGITS:
         raise _Reject("power too large")
     return root ** p
 
@@ -893,7 +897,10 @@ class _Judge:
     def same(self, g, p):
         kg, kp = g[0], p[0]
         if kg == "choice":
-            return kp == "choice" and p[1] == g[1] or kp == "text" and p[1] == g[1].lower()
+            return (kp == "choice" and p[1] == g[1] or kp == "text" and p[1] == g[1].lower()
+                    or kp == "leaf" and p[1].upper() == g[1])
+        if kp == "choice":  # "(B)" against a non-choice gold: compare the bare letter
+            return kg == "leaf" and g[1].replace(" ", "").upper() == p[1]
         if kg == "text" or kp == "text":
             return _text_key(_unparse(g)) == _text_key(_unparse(p))
         if kg == "set" and len(g[1]) == 1:
@@ -1133,8 +1140,6 @@ def _sympy_equal(py_a: str, py_b: str, inexact: bool, pct_a: bool, pct_b: bool) 
             if _numbers_close(x, y, inexact):
                 return True
             continue
-        if x.free_symbols != y.free_symbols and not (sympy.expand(x - y).free_symbols < symbols):
-            continue
         checked, ok = 0, True
         for pt in _points(symbols, 12):
             vx, vy = x.xreplace(pt), y.xreplace(pt)
@@ -1280,10 +1285,15 @@ class _Pool:
             self.size = max(self.size, n)
             missing = self.size - self.count
             self.count += missing
-        new = [_Worker() for _ in range(missing)]  # start now; they import sympy in parallel
-        with self.cond:
-            self.idle.extend(new)
-            self.cond.notify_all()
+        new: list[_Worker] = []
+        try:
+            for _ in range(missing):  # start now; they import sympy in parallel
+                new.append(_Worker())
+        finally:
+            with self.cond:
+                self.count -= missing - len(new)
+                self.idle.extend(new)
+                self.cond.notify_all()
 
     def acquire(self) -> _Worker:
         with self.cond:
@@ -1295,7 +1305,13 @@ class _Pool:
         if not healthy:
             w.kill()
             _bump("n_worker_restarts")
-            w = _Worker()
+            try:
+                w = _Worker()
+            except BaseException:
+                with self.cond:
+                    self.count -= 1
+                    self.cond.notify()
+                raise
         with self.cond:
             self.idle.append(w)
             self.cond.notify()
@@ -1381,6 +1397,8 @@ def _prepare(gold: str, prediction: str) -> tuple[tuple[str, str] | None, bool |
         verdict = False
     except (_ParseError, RecursionError, ValueError, ZeroDivisionError, OverflowError):
         verdict = False
+    except Exception:  # noqa: BLE001 - an unforeseen input must not crash training: let a worker decide
+        verdict = None
     if verdict is not None:
         _remember(key, verdict)
     return key, verdict
