@@ -1,0 +1,5 @@
+"""Kernel microbenchmarks and step benchmarks: `python -m bench NAME --help`.
+
+Each bench/bench_NAME.py is one subcommand; it exposes add_arguments(parser)
+and main(args). Measured results go to bench/results/ as JSON.
+"""
