@@ -40,22 +40,16 @@ def _usable_by_all(path: str) -> bool:
     return all(os.stat(d).st_mode & stat.S_IXOTH for d in dirs)
 
 
-def _sandbox_python() -> str:
-    # As root the code runs as nobody, which cannot enter e.g. /root/.pyenv.
-    if os.geteuid() != 0 or _usable_by_all(sys.executable):
-        return sys.executable
-    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(cand) and _usable_by_all(cand):
+def _unconfined_python() -> str | None:
+    """An interpreter that nobody can run straight from the host filesystem (which
+    the unsafe mode needs as root; the namespaced sandbox mounts the interpreter)."""
+    for cand in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(cand) and (os.geteuid() != 0 or _usable_by_all(cand)):
             return cand
-    pytest.skip("no Python interpreter that the unprivileged sandbox user can run")
+    return None
 
 
-PY = _sandbox_python()
-
-
-def run(code, tests, **kw):
-    kw.setdefault("python", PY)
-    return run_code_tests(code, tests, **kw)
+run = run_code_tests
 
 
 def _sandbox_available() -> str | None:
@@ -203,8 +197,8 @@ def test_syntax_error(clean_machine):
 @needs_sandbox
 def test_code_reward_uses_last_python_block(clean_machine):
     completion = f"First try:\n```python\ndef add(a, b):\n    return 0\n```\nFixed:\n```python\n{SOLUTION}```"
-    assert code_reward(completion, ADD_TESTS, python=PY) == 1.0
-    assert code_reward("```python\ndef add(a, b):\n    return 0\n```", ADD_TESTS, python=PY) == pytest.approx(1 / 3)
+    assert code_reward(completion, ADD_TESTS) == 1.0
+    assert code_reward("```python\ndef add(a, b):\n    return 0\n```", ADD_TESTS) == pytest.approx(1 / 3)
 
 
 @needs_sandbox
@@ -220,13 +214,14 @@ def test_clean_environment_and_identity(clean_machine, monkeypatch):
     tests = [
         "assert set(env) == {'PATH', 'LANG', 'HOME', 'TMPDIR'}, env",
         "assert os.getuid() != 0 and os.geteuid() != 0",
+        "assert [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapPrm', 'CapEff'))] == ['0' * 16] * 2",
         "assert sys.flags.isolated and sys.flags.no_site",
         "assert len(pids) <= 3, pids",  # its own pid namespace: init, runner (and maybe a child)
         "assert open('here.txt').read() == 'ok'",
         "import ctypes; assert ctypes.CDLL(None).unshare(0x10000000) != 0",  # no user namespace of its own
     ]
     res = run(probe, tests)
-    assert res.statuses == ("passed",) * 6, res
+    assert res.statuses == ("passed",) * 7, res
 
 
 @needs_sandbox
@@ -299,11 +294,14 @@ def test_no_network(limits_proven, clean_machine):
 
 
 @needs_sandbox
-def test_writes_outside_workdir_fail(limits_proven, clean_machine):
+def test_host_filesystem_hidden_and_read_only(limits_proven, clean_machine):
     marker = f"lightrl-escape-{uuid.uuid4().hex}"
-    targets = [Path(tempfile.gettempdir()) / marker, REPO / marker, Path("/dev/shm") / marker]
+    targets = [Path(tempfile.gettempdir()) / marker, REPO / marker, Path("/dev/shm") / marker, Path("/usr") / marker]
     tests = [f"open({str(t)!r}, 'w').write('x')" for t in targets]
-    tests.append("open('inside.txt', 'w').write('x')")  # the control: its own dir is writable
+    tests += [
+        f"open({str(REPO / 'pyproject.toml')!r}).read()",  # the repo (and any data) is not there to read
+        "open('inside.txt', 'w').write('x')",  # the control: its own dir is writable
+    ]
     try:
         res = run(SOLUTION, tests)
         escaped = [t for t in targets if t.exists()]
@@ -311,8 +309,9 @@ def test_writes_outside_workdir_fail(limits_proven, clean_machine):
         for t in targets:
             t.unlink(missing_ok=True)
     assert not escaped, f"sandboxed code wrote {escaped}"
-    assert res.statuses == ("error", "error", "error", "passed"), res
-    assert "Read-only file system" in res.detail or "Permission denied" in res.detail
+    # /tmp inside is the code's own private dir; the others do not exist or are read-only.
+    assert res.statuses == ("passed", "error", "error", "error", "error", "passed"), res
+    assert "No such file or directory" in res.detail, res.detail
 
 
 @needs_sandbox
@@ -332,7 +331,7 @@ def test_refuses_without_namespaces(clean_machine):
     script = textwrap.dedent(f"""
         from lightrl.rewards.code import SandboxUnavailable, run_code_tests
         try:
-            run_code_tests("x = 1", ["assert x == 1"], python={PY!r})
+            run_code_tests("x = 1", ["assert x == 1"])
             print("RAN")
         except SandboxUnavailable as e:
             print("REFUSED", "unsafe_no_namespaces=True" in str(e))
@@ -345,13 +344,14 @@ def test_refuses_without_namespaces(clean_machine):
     assert out.stdout.split() == ["REFUSED", "True"], out.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="checks the privilege drop of a root caller")
+@pytest.mark.skipif(os.geteuid() != 0 or _unconfined_python() is None,
+                    reason="checks the privilege drop of a root caller; needs a Python that nobody can run")
 def test_unsafe_mode_still_drops_root(clean_machine):
     marker = REPO / f"lightrl-escape-{uuid.uuid4().hex}"
     tests = ["assert os.getuid() == 65534 and os.getgroups() == []", f"open({str(marker)!r}, 'w')",
              "assert add(2, 2) == 4"]
     try:
-        res = run(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True)
+        res = run(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True, python=_unconfined_python())
         escaped = marker.exists()
     finally:
         marker.unlink(missing_ok=True)

@@ -58,6 +58,8 @@ _TMPFS_BYTES = 64 << 20  # the working directory's total size
 _MAX_OPEN_FILES = 256
 _SETUP_FAILED = 97  # launcher exit code: the sandbox could not be built
 _KILL_GRACE_S = 2.0  # after a kill, how long to wait for the pipes to close
+# Host dirs the code sees (read-only), besides the interpreter's prefix.
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 
 _MODES = ("fraction", "all")
 
@@ -361,7 +363,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1000, 0x4000, 1 << 18
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 SYS_MOUNT_SETATTR = 442  # same number on every architecture (Linux >= 5.12)
@@ -380,11 +382,60 @@ def _mount(source, target, fstype, flags, data=None) -> None:
            f"mount {fstype or ''} {target}")
 
 
-def _remount_all_readonly() -> None:
+def _make_readonly(path: str) -> None:
+    """Make every mount at or below `path` read-only and nosuid."""
     attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)  # struct mount_attr
-    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_long(AT_FDCWD), ctypes.c_char_p(b"/"),
+    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_long(AT_FDCWD), ctypes.c_char_p(path.encode()),
                         ctypes.c_long(AT_RECURSIVE), attr, ctypes.c_long(ctypes.sizeof(attr)))
-    _check(ret, "mount_setattr / read-only (needs Linux >= 5.12)")
+    _check(ret, f"mount_setattr {path} read-only (needs Linux >= 5.12)")
+
+
+def _build_root(job, prefix: str, prefix_fd: int) -> None:
+    """Mount and enter the code's filesystem: system dirs and the interpreter's
+    prefix read-only, a few devices, a fresh /proc and a private writable /tmp.
+    The rest of the host (home dirs, data, the repo, the host's /tmp) does not
+    exist there. The new root is a tmpfs over the host temp dir, which stays empty.
+    prefix_fd: an O_PATH fd of `prefix`, opened before we dropped to the sandbox
+    user, so an interpreter under e.g. /root (0700) still works."""
+    new = job["workdir"]
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks out
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for path in _SYSTEM_DIRS + (prefix,):
+        inside = new + path
+        source = f"/proc/self/fd/{prefix_fd}" if path == prefix else path
+        if os.path.islink(path):  # merged /usr: /bin -> usr/bin
+            os.symlink(os.readlink(path), inside)
+        elif os.path.isdir(source) and not os.path.exists(inside):
+            os.makedirs(inside)
+            _mount(source, inside, None, MS_BIND | MS_REC)
+    os.mkdir(new + "/dev")
+    for dev in ("null", "zero", "full", "random", "urandom"):
+        open(new + "/dev/" + dev, "w").close()
+        _mount("/dev/" + dev, new + "/dev/" + dev, None, MS_BIND)
+    os.symlink("/proc/self/fd", new + "/dev/fd")
+    os.mkdir(new + "/proc")
+    os.mkdir(new + "/tmp")
+    _make_readonly(new)
+    _mount("tmpfs", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={_TMPFS_BYTES},mode=0700,uid={job['uid']},gid={job['gid']}")
+    try:
+        _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        # No user namespaces of its own for the code: they would hand it
+        # capabilities, the usual way into kernel bugs.
+        _write(new + "/proc/sys/user/max_user_namespaces", "0")
+    except OSError:
+        pass  # e.g. a container masking parts of the host's /proc: the code gets no /proc
+    os.chroot(new)
+    os.chdir("/")
+
+
+def _become_sandbox_user(job) -> None:
+    if job["root"]:
+        # Root ignores RLIMIT_NPROC and file permissions. Inside the new user
+        # namespace this keeps the capabilities there until exec.
+        os.setgroups([])
+        os.setgid(job["gid"])
+        os.setuid(job["uid"])
 
 
 def _die_with_parent() -> None:
@@ -453,6 +504,11 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
             os.write(status_w, b"unshared\n")
             if os.read(go_r, 1) != b"g":
                 os._exit(_SETUP_FAILED)
+            stage = "opening the interpreter's directory"
+            # <prefix>/bin/python; a venv's link resolved, since it may point outside the new root.
+            prefix = os.path.dirname(os.path.dirname(os.path.realpath(job["python"])))
+            prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
+            _become_sandbox_user(job)
             init = os.fork()  # pid 1 of the new pid namespace
             if init:
                 os.close(status_w)
@@ -463,17 +519,7 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
             # pid 1 ignores default-action signals, hence the handler.
             signal.signal(signal.SIGALRM, lambda *_: os._exit(1))
             signal.alarm(math.ceil(job["timeout"]) + 5)
-            _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks out
-            _remount_all_readonly()
-            _mount("tmpfs", job["workdir"], "tmpfs", MS_NOSUID | MS_NODEV,
-                   f"size={_TMPFS_BYTES},mode=0700,uid={job['uid']},gid={job['gid']}")
-            try:
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-                # No user namespaces of its own for the code: they would hand it
-                # capabilities, the usual way into kernel bugs.
-                _write("/proc/sys/user/max_user_namespaces", "0")
-            except OSError:
-                pass  # e.g. a container masking parts of /proc; the host's stays visible, read-only
+            _build_root(job, prefix, prefix_fd)
             runner = os.fork()
             if runner:
                 os.close(status_w)
@@ -501,24 +547,22 @@ def _exec_runner(job) -> None:
         (resource.RLIMIT_CORE, 0, 0),
     ]:
         resource.setrlimit(res, (soft, hard))
-    if job["root"]:
-        # Root ignores RLIMIT_NPROC and file permissions: become nobody, for good.
-        if not job["isolate"]:
-            os.chown(job["workdir"], job["uid"], job["gid"])  # else it is under our tmpfs
-        os.setgroups([])
-        os.setgid(job["gid"])
-        os.setuid(job["uid"])
+    if not job["isolate"]:
+        if job["root"]:
+            os.chown(job["workdir"], job["uid"], job["gid"])
+        _become_sandbox_user(job)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-    os.chdir(job["workdir"])
+    home = "/tmp" if job["isolate"] else job["workdir"]
+    os.chdir(home)
     _write("solution.py", job["code"])
     _write("tests.json", json.dumps(job["tests"]))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    py = job["python"]
+    py = os.path.realpath(job["python"])  # a venv's link may point outside the new root
     try:
         os.execve(py, [py, "-I", "-S", "-B", "-c", _RUNNER, str(job["result_fd"]), job["kind"]],
-                  _clean_env(job["workdir"]))
+                  _clean_env(home))
     except OSError as e:
         raise OSError(e.errno, f"cannot run the interpreter {py} as uid {job['uid']}: {e.strerror}") from None
 
