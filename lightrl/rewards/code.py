@@ -17,12 +17,15 @@ caller's user) forks a child that unshares user, mount, network, pid, IPC and
 UTS namespaces; the launcher maps one unprivileged id into the user namespace
 (nobody/65534 when the caller is root, the caller's own id otherwise). Inside:
 - no network: the new network namespace has only a loopback device, and it is down;
-- the whole filesystem is remounted read-only (and nosuid), the working directory
-  is a fresh size-limited tmpfs mounted over a host temp dir that stays empty and
-  is removed afterwards, and /proc is a fresh mount that shows only the sandbox
-  (where the kernel allows it; containers that mask /proc may not);
-- the code runs as the unprivileged id with no capabilities, no_new_privs, an
-  empty environment (PATH, LANG, HOME, TMPDIR only) and ``python -I -S -B``;
+- a minimal root (chroot): /usr, /etc, /lib*, /bin, /sbin and the interpreter's
+  prefix bind-mounted read-only and nosuid, /dev/{null,zero,full,random,urandom},
+  a fresh /proc that shows only the sandbox (where the kernel allows it), and a
+  private size-limited tmpfs /tmp as the working directory. Home dirs, the repo,
+  data sets and the host's /tmp are not there. Everything lives on a tmpfs over
+  a host temp dir that stays empty and is removed afterwards;
+- the code runs as the unprivileged id with no capabilities, no_new_privs, no
+  user namespaces of its own, an environment of PATH, LANG, HOME and TMPDIR
+  only, and ``python -I -S -B`` (stdlib only, no site-packages);
 - RLIMIT_AS (memory per process), RLIMIT_CPU, RLIMIT_NPROC (counted per user
   namespace, so concurrent sandboxes do not share the cap), RLIMIT_FSIZE,
   RLIMIT_NOFILE, no core files;
@@ -104,8 +107,9 @@ def run_code_tests(
     timeout: wall-clock seconds for the whole run (all tests); also the CPU-time
     limit of each process. memory_mb: address-space limit per process.
     max_procs: processes (and threads) the code may have at once.
-    python: interpreter that runs the code (default: this one); the sandbox user
-    (nobody when the caller is root) must be able to execute it and read its stdlib.
+    python: interpreter that runs the code (default: this one). Its prefix
+    (<prefix>/bin/python) is mounted into the sandbox; with unsafe_no_namespaces
+    the sandbox user (nobody when the caller is root) must be able to run it as is.
     unsafe_no_namespaces: skip the namespaces, i.e. run WITHOUT network and
     filesystem isolation (for machines that cannot create them). Never set it
     for code you would not run yourself.
@@ -285,8 +289,8 @@ def _score(lines, total, mode, stopped, returncode, stderr) -> CodeResult:
 def _setup_message(stderr: str, unsafe: bool) -> str:
     msg = f"code sandbox could not be set up: {stderr.strip() or 'launcher failed without a message'}"
     if "cannot run the interpreter" in stderr:
-        msg += (". The sandbox user (uid 65534 when the caller is root) must be able to run the "
-                "interpreter: pass python='/usr/bin/python3' or another one readable by all users")
+        msg += (". Pass python=... an interpreter that the sandbox user (uid 65534 when the caller is "
+                "root) can run, e.g. '/usr/bin/python3'")
     elif not unsafe and "unshare" in stderr:
         msg += (
             ". It needs Linux user, mount, network and pid namespaces (root, or unprivileged "
