@@ -41,20 +41,17 @@ def _usable_by_all(path: str) -> bool:
 
 
 def _unconfined_python() -> str | None:
-    """An interpreter that nobody can run straight from the host filesystem (which
-    the unsafe mode needs as root; the namespaced sandbox mounts the interpreter)."""
+    """An interpreter that uid 65534 can run straight from the host filesystem: the
+    unsafe mode needs one when the caller is root (the namespaced sandbox mounts its own)."""
     for cand in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
         if os.path.exists(cand) and (os.geteuid() != 0 or _usable_by_all(cand)):
             return cand
     return None
 
 
-run = run_code_tests
-
-
 def _sandbox_available() -> str | None:
     try:
-        run("x = 1", ["assert x == 1"])
+        run_code_tests("x = 1", ["assert x == 1"])
     except SandboxUnavailable as e:
         return str(e)
     return None
@@ -119,7 +116,7 @@ def limits_proven():
     before = _our_processes()
     t0 = time.monotonic()
     # The second test fails on purpose so that its message carries the count.
-    res = run(code, ["assert isinstance(err, BlockingIOError), repr(err)", "assert False, spawned"],
+    res = run_code_tests(code, ["assert isinstance(err, BlockingIOError), repr(err)", "assert False, spawned"],
               max_procs=16, timeout=10)
     elapsed = time.monotonic() - t0
     assert res.statuses == ("passed", "failed"), res
@@ -163,7 +160,7 @@ ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add('a',
 
 @needs_sandbox
 def test_correct_code_passes_all(clean_machine):
-    res = run(SOLUTION, ADD_TESTS)
+    res = run_code_tests(SOLUTION, ADD_TESTS)
     assert (res.reward, res.passed, res.total, res.reason) == (1.0, 3, 3, "ok")
     assert res.statuses == ("passed",) * 3
 
@@ -171,25 +168,25 @@ def test_correct_code_passes_all(clean_machine):
 @needs_sandbox
 def test_partial_fraction_and_all_mode(clean_machine):
     wrong = "def add(a, b):\n    return 5 if a == -1 else a + b\n"
-    res = run(wrong, ADD_TESTS)
+    res = run_code_tests(wrong, ADD_TESTS)
     assert res.statuses == ("passed", "failed", "passed")
     assert res.reward == pytest.approx(2 / 3)
-    assert run(wrong, ADD_TESTS, mode="all").reward == 0.0
-    assert run(SOLUTION, ADD_TESTS, mode="all").reward == 1.0
+    assert run_code_tests(wrong, ADD_TESTS, mode="all").reward == 0.0
+    assert run_code_tests(SOLUTION, ADD_TESTS, mode="all").reward == 1.0
 
 
 @needs_sandbox
 def test_stdio_tests(clean_machine):
     prog = "n = int(input())\nprint(n * 2, '  ')\nprint()\n"
     tests = [("3\n", "6"), ("5", "10\n\n"), ("7", "15"), ("x", "0")]
-    res = run(prog, tests)
+    res = run_code_tests(prog, tests)
     assert res.statuses == ("passed", "passed", "failed", "error")
     assert res.reward == pytest.approx(0.5)
 
 
 @needs_sandbox
 def test_syntax_error(clean_machine):
-    res = run("def add(a, b)\n    return a + b\n", ADD_TESTS)
+    res = run_code_tests("def add(a, b)\n    return a + b\n", ADD_TESTS)
     assert (res.reward, res.reason, res.statuses) == (0.0, "syntax", ("syntax",) * 3)
     assert "SyntaxError" in res.detail
 
@@ -221,7 +218,7 @@ def test_clean_environment_and_identity(clean_machine, monkeypatch):
         "assert open('here.txt').read() == 'ok'",
         "import ctypes; assert ctypes.CDLL(None).unshare(0x10000000) != 0",  # no user namespace of its own
     ]
-    res = run(probe, tests)
+    res = run_code_tests(probe, tests)
     assert res.statuses == ("passed",) * 7, res
 
 
@@ -231,7 +228,7 @@ def test_from_threads(clean_machine):
 
     def work(i):
         code = SOLUTION if i % 2 == 0 else "def add(a, b):\n    return abs(a) + b\n"
-        results[i] = run(code, ADD_TESTS).reward
+        results[i] = run_code_tests(code, ADD_TESTS).reward
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -253,12 +250,13 @@ def test_fork_bomb(limits_proven, clean_machine):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     out = {}
     t0 = time.monotonic()
-    thread = threading.Thread(target=lambda: out.update(bomb=run(bomb, ADD_TESTS, timeout=2.0, max_procs=16)))
+    thread = threading.Thread(target=lambda: out.update(bomb=run_code_tests(bomb, ADD_TESTS, timeout=2.0, max_procs=16))
+    )
     thread.start()
     # The cap is per sandbox: a neighbour can still fork while the bomb is at its cap.
     time.sleep(0.5)
     forks_once = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(7)\nstatus = os.waitpid(pid, 0)[1]\n"
-    assert run(forks_once, ["assert os.waitstatus_to_exitcode(status) == 7"]).reward == 1.0
+    assert run_code_tests(forks_once, ["assert os.waitstatus_to_exitcode(status) == 7"]).reward == 1.0
     thread.join(30)
     assert time.monotonic() - t0 < 2.0 + 3
     res = out["bomb"]
@@ -269,11 +267,11 @@ def test_fork_bomb(limits_proven, clean_machine):
 @needs_sandbox
 def test_infinite_loop(clean_machine, limits_proven):
     t0 = time.monotonic()
-    res = run(SOLUTION + "while True:\n    pass\n", ADD_TESTS, timeout=1.0)
+    res = run_code_tests(SOLUTION + "while True:\n    pass\n", ADD_TESTS, timeout=1.0)
     assert time.monotonic() - t0 < 1.0 + 3
     assert (res.reward, res.reason) == (0.0, "timeout")
     # A loop inside one test keeps the verdicts reached before it.
-    res = run(SOLUTION, ADD_TESTS[:2] + ["while True: pass"], timeout=1.0)
+    res = run_code_tests(SOLUTION, ADD_TESTS[:2] + ["while True: pass"], timeout=1.0)
     assert res.statuses == ("passed", "passed", "timeout")
     assert res.reward == pytest.approx(2 / 3)
 
@@ -281,7 +279,7 @@ def test_infinite_loop(clean_machine, limits_proven):
 @needs_sandbox
 def test_huge_allocation(limits_proven, clean_machine):
     t0 = time.monotonic()
-    res = run(SOLUTION + "block = bytearray(10 * 2**30)\n", ADD_TESTS, timeout=5.0)
+    res = run_code_tests(SOLUTION + "block = bytearray(10 * 2**30)\n", ADD_TESTS, timeout=5.0)
     assert time.monotonic() - t0 < 4
     assert (res.reward, res.reason) == (0.0, "memory")
     assert "MemoryError" in res.detail
@@ -295,7 +293,7 @@ def test_no_network(limits_proven, clean_machine):
         server.setblocking(False)
         port = server.getsockname()[1]
         probe = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n"
-        res = run(SOLUTION + probe, ADD_TESTS)
+        res = run_code_tests(SOLUTION + probe, ADD_TESTS)
         assert res.reward == 0.0 and res.reason == "error", res
         assert "unreachable" in res.detail.lower() or "refused" in res.detail.lower(), res.detail
         with pytest.raises(BlockingIOError):
@@ -312,7 +310,7 @@ def test_host_filesystem_hidden_and_read_only(limits_proven, clean_machine):
         "open('inside.txt', 'w').write('x')",  # the control: its own dir is writable
     ]
     try:
-        res = run(SOLUTION, tests)
+        res = run_code_tests(SOLUTION, tests)
         escaped = [t for t in targets if t.exists()]
     finally:
         for t in targets:
@@ -326,7 +324,8 @@ def test_host_filesystem_hidden_and_read_only(limits_proven, clean_machine):
 @needs_sandbox
 def test_huge_output(limits_proven, clean_machine):
     t0 = time.monotonic()
-    res = run(SOLUTION + "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", ADD_TESTS, timeout=10)
+    flood = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
+    res = run_code_tests(SOLUTION + flood, ADD_TESTS, timeout=10)
     assert time.monotonic() - t0 < 5
     assert (res.reward, res.reason, res.statuses) == (0.0, "output", ("output",) * 3)
 
@@ -360,7 +359,7 @@ def test_unsafe_mode_still_drops_root(clean_machine):
     tests = ["assert os.getuid() == 65534 and os.getgroups() == []", f"open({str(marker)!r}, 'w')",
              "assert add(2, 2) == 4"]
     try:
-        res = run(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True, python=_unconfined_python())
+        res = run_code_tests(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True, python=_unconfined_python())
         escaped = marker.exists()
     finally:
         marker.unlink(missing_ok=True)
