@@ -250,8 +250,10 @@ def test_fork_bomb(limits_proven, clean_machine):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     out = {}
     t0 = time.monotonic()
-    thread = threading.Thread(target=lambda: out.update(bomb=run_code_tests(bomb, ADD_TESTS, timeout=2.0, max_procs=16))
-    )
+    def run_bomb():
+        out["bomb"] = run_code_tests(bomb, ADD_TESTS, timeout=2.0, max_procs=16)
+
+    thread = threading.Thread(target=run_bomb)
     thread.start()
     # The cap is per sandbox: a neighbour can still fork while the bomb is at its cap.
     time.sleep(0.5)
