@@ -25,7 +25,7 @@ CASES = {
         ("\\frac{14}{3}", "14/3", True), ("\\frac{14}{3}", "\\dfrac{14}{3}", True), ("\\frac{14}{3}", "\\tfrac{28}{6}", True),
         ("\\frac43", "\\frac{4}{3}", True), ("\\frac 59", "5/9", True), ("\\frac9{19}", "\\frac{9}{19}", True),
         ("\\frac{270}7", "\\frac{270}{7}", True), ("\\frac{3}{56}", "\\frac{56}{3}", False), ("-\\frac{35}{9}", "\\frac{-35}{9}", True),
-        ("-\\frac{35}{9}", "\\frac{35}{9}", False), ("\\frac{1}{2}", "{1 \\over 2}", False), ("\\frac{2}{1005}", "2/1005", True),
+        ("-\\frac{35}{9}", "\\frac{35}{9}", False), ("\\frac{1}{2}", "{1 \\over 2}", True), ("\\frac{2}{1005}", "2/1005", True),
         ("\\frac{448}{15625}", "0.028672", True),
     ],
     "mixed_numbers": [
@@ -94,7 +94,8 @@ CASES = {
         ("\\{1\\pm\\sqrt{5},-2\\}", "\\{-2, 1+\\sqrt5, 1-\\sqrt5\\}", True), ("\\{1, 2, 3\\}", "\\{3, 2, 1\\}", True),
         ("\\{1, 2, 3\\}", "\\{1, 2\\}", False), ("1,-2", "-2, 1", True), ("3, 5, 7", "7,5,3", True), ("3, 5, 7", "3, 5", False),
         ("-2,1", "1 \\text{ and } -2", True), ("1,-2", "x=1 \\text{ or } x=-2", True), ("1,-2", "1,2", False),
-        ("3, 5, 7", "3, 5, 7, 9", False),
+        ("3, 5, 7", "3, 5, 7, 9", False), ("\\{1\\pm\\sqrt{5},-2\\}", "\\{1-\\sqrt{5},-2\\}, \\{1+\\sqrt{5},-2\\}", False),
+        ("1 \\pm \\sqrt{19}, 0", "0, 1+\\sqrt{19}, 1-\\sqrt{19}", True),
     ],
     "tuples": [
         ("(6,31,-1)", "(6, 31, -1)", True), ("(6,31,-1)", "(31,6,-1)", False), ("(-2,1)", "\\left(-2,1\\right)", True),
@@ -125,7 +126,8 @@ CASES = {
     ],
     "choices": [
         ("\\text{(C)}", "C", True), ("\\text{(C)}", "(C)", True), ("\\text{(C)}", "\\textbf{(C)}", True), ("\\text{(E)}", "(D)", False),
-        ("\\text{(B)}", "b", True), ("\\text{(C)}", "A", False),
+        ("\\text{(B)}", "b", True), ("\\text{(C)}", "A", False), ("\\text{(C)}", "\\textbf{(C)}\\ 12", True),
+        ("\\text{(C)}", "\\textbf{(D)} 12", False),
     ],
     "complex": [
         ("6 - 5i", "6-5i", True), ("6-5i", "-5i+6", True), ("1+274i", "274i+1", True), ("1 - 12i", "1+12i", False),

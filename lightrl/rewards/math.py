@@ -196,6 +196,9 @@ def _replace_text_groups(s: str) -> tuple[str, str]:
         if word.lower() in ("or", "and", ","):
             without.append(",")
             inlined.append(",")
+        elif re.fullmatch(r"\([A-Ea-e]\)", word):  # \textbf{(C)} 12: the choice letter is the answer
+            without.append(word + " ")
+            inlined.append(word + " ")
         else:
             inlined.append(" " + content + " ")
             unit_pow = re.match(r"\s*\^\s*\{?\s*[23]\s*\}?", s[end:])
@@ -214,6 +217,7 @@ def _normalize(s: str) -> str:
             s = s.replace(k, v)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
+    s = re.sub(r"\{([^{}]*)\\over(?![a-zA-Z])([^{}]*)\}", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\(?:left|right)\s*\.", "", s)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", "", s)
     s = s.replace("\\\\", "\0")  # protect matrix row breaks from the spacing rules below
@@ -791,7 +795,7 @@ def _outer_group(s: str) -> tuple[str, str, str] | None:
 def _structure(s: str):
     """Normalised answer -> nested tuples: ('text', key) ('choice', L) ('base', digits, b)
     ('leaf', latex, pct) ('eq', lhs, rhs) ('seq', open, close, items) ('set', items)
-    ('matrix', rows)."""
+    ('pm', [plus, minus]) ('matrix', rows)."""
     s = s.strip()
     m = re.fullmatch(r"\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", s, re.S)
     if m:
@@ -825,7 +829,7 @@ def _structure(s: str):
     if pm:
         plus = s[:pm.start()] + "+" + s[pm.end():]
         minus = s[:pm.start()] + "-" + s[pm.end():]
-        return ("set", _flatten_sets([_structure(plus), _structure(minus)]))
+        return ("pm", _flatten_sets([_structure(plus), _structure(minus)]))
     m = re.fullmatch(r"(\d+)\s*_\s*\{?\s*(\d+)\s*\}?", s)
     if m:
         return ("base", m.group(1), int(m.group(2)))
@@ -838,9 +842,10 @@ def _structure(s: str):
 
 
 def _flatten_sets(items: list) -> list:
+    """Splice plus-minus pairs into the enclosing list: 1\\pm\\sqrt5, -2 has three members."""
     out = []
     for it in items:
-        out.extend(it[1] if it[0] == "set" else [it])
+        out.extend(it[1] if it[0] == "pm" else [it])
     return out
 
 
@@ -895,6 +900,8 @@ class _Judge:
         return self._py[latex]
 
     def same(self, g, p):
+        g = ("set", g[1]) if g[0] == "pm" else g
+        p = ("set", p[1]) if p[0] == "pm" else p
         kg, kp = g[0], p[0]
         if kg == "choice":
             return (kp == "choice" and p[1] == g[1] or kp == "text" and p[1] == g[1].lower()
