@@ -100,7 +100,7 @@ CASES = {
     "tuples": [
         ("(6,31,-1)", "(6, 31, -1)", True), ("(6,31,-1)", "(31,6,-1)", False), ("(-2,1)", "\\left(-2,1\\right)", True),
         ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\pi/2)", True), ("(1,-16,-4,43)", "(1,-16,-4)", False),
-        ("(15,-29)", "(15,-29.0)", True), ("\\left( \\frac{3}{2}, -13 \\right)", "(1.5, -13)", True),
+        ("(15,-29)", "(15,-29.0)", True), ("(6,31,-1)", "6, 31, -1", True), ("(6,31,-1)", "-1, 6, 31", False), ("\\left( \\frac{3}{2}, -13 \\right)", "(1.5, -13)", True),
     ],
     "matrices": [
         ("\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "\\begin{bmatrix}-1&0\\\\0&-1\\end{bmatrix}", True),
@@ -117,12 +117,15 @@ CASES = {
     ],
     "infinity": [
         ("\\infty", "\\infty", True), ("\\infty", "-\\infty", False), ("(5,\\infty)", "(5,\\infty]", False), ("\\infty", "oo", False),
-        ("(-\\infty,\\infty)", "(-\\infty, \\infty)", True),
+        ("(-\\infty,\\infty)", "(-\\infty, \\infty)", True), ("(2,\\infty)", "(2, infinity)", True),
+        ("(-\\infty,\\infty)", "\\mathbb{R}", True),
     ],
     "inequalities": [
         ("(2,\\infty)", "x > 2", True), ("(2,\\infty)", "x \\geq 2", False), ("[2,\\infty)", "x \\ge 2", True),
         ("(-\\infty, 0]", "x \\leq 0", True), ("(2,4)", "2 < x < 4", True), ("[2,4)", "2 \\le x < 4", True),
         ("(2,4)", "4 > x > 2", True), ("x > 2", "2 < x", True), ("x > 2", "x < 2", False),
+        ("(-\\infty, 2) \\cup (3, \\infty)", "x < 2 \\text{ or } x > 3", True),
+        ("(-\\infty, 2) \\cup (3, \\infty)", "x < 2 \\text{ or } x \\ge 3", False),
     ],
     "choices": [
         ("\\text{(C)}", "C", True), ("\\text{(C)}", "(C)", True), ("\\text{(C)}", "\\textbf{(C)}", True), ("\\text{(E)}", "(D)", False),
@@ -147,7 +150,8 @@ CASES = {
         ("18", "Natalia sold 48/2 = 24 clips.\n#### 18", True), ("18", "So, the final answer is 18.", True),
         ("18", "Reasoning...\nAnswer: 18", True), ("18", "first \\boxed{17}, then corrected: \\boxed{18}", True),
         ("18", "first \\boxed{18}, then corrected: \\boxed{17}", False), ("\\frac{1}{2}", "\\boxed{\\frac{1}{2}}", True),
-        ("\\frac{1}{2}", "$\\fbox{0.5}$", True), ("18", "I cannot solve this.", False), ("18", "", False),
+        ("\\frac{1}{2}", "$\\fbox{0.5}$", True), ("5", "\\boxed{\\boxed{5}}", True),
+        ("5", "The answer is 5 because 2+3=5.", True), ("18", "I cannot solve this.", False), ("18", "", False),
         ("\\left( 3, \\frac{\\pi}{2} \\right)", "... are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$", True),
     ],
     "traps": [

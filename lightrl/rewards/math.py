@@ -84,12 +84,15 @@ class _ParseError(Exception):
 # ----------------------------------------------------------------------------- extraction
 
 
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.S)
+
+
 def _brace_content(text: str, start: int, limit: int) -> str | None:
     """Content of the {...} group opening at text[start]; None if it does not close
     within `limit` chars (truncated output, or longer than any answer we accept)."""
     depth = 0
     end = min(len(text), start + limit)
-    for m in re.compile(r"\\.|[{}]", re.S).finditer(text, start, end):
+    for m in _BRACE_TOKENS.finditer(text, start, end):
         tok = m.group()
         if tok == "{":
             depth += 1
@@ -133,7 +136,7 @@ def _clean_phrase(ans: str) -> str:
     m = re.search(r"\$\$?(.+?)\$\$?|\\\((.+?)\\\)|\\\[(.+?)\\\]", ans)
     if m:
         return next(g for g in m.groups() if g is not None).strip()
-    ans = re.split(r"\.(?:\s|$)", ans, maxsplit=1)[0]
+    ans = re.split(r"\.(?:\s|$)|\s(?:because|since|as|which|so|where|for)\b", ans, maxsplit=1)[0]
     return ans.strip().rstrip(".").strip()
 
 
@@ -212,6 +215,11 @@ def _replace_text_groups(s: str) -> tuple[str, str]:
 
 def _normalize(s: str) -> str:
     """LaTeX/plain answer -> canonical LaTeX-ish string (spaces kept as separators)."""
+    for _ in range(3):  # \boxed{\boxed{5}}
+        inner = last_boxed(s) if ("\\boxed" in s or "\\fbox" in s) else None
+        if inner is None:
+            break
+        s = inner
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
@@ -228,7 +236,8 @@ def _normalize(s: str) -> str:
     s = re.sub(r"\\(?:\(|\)|\[|\])", "", s)
     s = s.replace("\0", "\\\\")
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", "", s)
-    s = re.sub(r"\\(?:inf|infinity)(?![a-zA-Z])", "\\\\infty", s)
+    s = re.sub(r"\\(?:inf|infinity)(?![a-zA-Z])|(?<![\\a-zA-Z])(?:infinity|infty|inf)(?![a-zA-Z])", "\\\\infty", s)
+    s = re.sub(r"^\s*\\mathbb\s*\{?R\}?\s*$", "(-\\\\infty,\\\\infty)", s)
     without, inlined = _replace_text_groups(s)
     s = without if re.search(r"[0-9A-Za-z\\]", without) else inlined
     s = re.sub(r"\bpercent\b", "%", s)
@@ -287,6 +296,16 @@ _PY_NAMES = {"sqrt", "real_root", "pi", "E", "I", "oo", "factorial", "factorial2
     | set(_FUNCS.values())
 
 
+_RX_CMD = re.compile(r"\\([a-zA-Z]+)")
+_RX_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_RX_REPEAT = re.compile(r"\s*\\overline\s*\{(\d+)\}")
+_RX_SCI = re.compile(r"[eE]([+-]?\d{1,4})(?![a-zA-Z\d])")
+_RX_MIXED_TEX = re.compile(r"\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}")  # 1\frac{4}{5}
+_RX_MIXED_TEXT = re.compile(r"\s+(\d+)\s*/\s*(\d+)\s*$")  # 3 1/2
+_RX_WORD = re.compile(r"[a-zA-Z]+")
+_FUNC_WORDS_LONGEST_FIRST = sorted(_FUNC_WORDS - {"infty"}, key=len, reverse=True)
+
+
 class _LatexToPy:
     """Recursive descent over one LaTeX expression, emitting Python syntax for sympy.
 
@@ -314,7 +333,7 @@ class _LatexToPy:
         return self.s[self.i] if self.i < len(self.s) else ""
 
     def cmd_at(self) -> str | None:
-        m = re.compile(r"\\([a-zA-Z]+)").match(self.s, self.i)
+        m = _RX_CMD.match(self.s, self.i)
         return m.group(1) if m else None
 
     def eat_cmd(self, name: str) -> bool:
@@ -422,12 +441,12 @@ class _LatexToPy:
         return f"({inner})"
 
     def number(self) -> str:
-        m = re.compile(r"\d+(?:\.\d*)?|\.\d+").match(self.s, self.i)
+        m = _RX_NUMBER.match(self.s, self.i)
         text = m.group()
         self.i = m.end()
         if len(text) > MAX_LITERAL_DIGITS:
             raise _Reject("integer literal too long")
-        rep = re.compile(r"\s*\\overline\s*\{(\d+)\}").match(self.s, self.i)
+        rep = _RX_REPEAT.match(self.s, self.i)
         if rep:  # repeating decimal, exact: 0.1\overline{6} = 1/6
             self.i = rep.end()
             whole, _, frac = text.partition(".")
@@ -440,15 +459,14 @@ class _LatexToPy:
             text = ("0" + text if text.startswith(".") else text).rstrip(".") or "0"
             if text.endswith("."):
                 text = text[:-1]
-        sci = re.compile(r"[eE]([+-]?\d{1,4})(?![a-zA-Z\d])").match(self.s, self.i)
+        sci = _RX_SCI.match(self.s, self.i)
         if sci:
             self.i = sci.end()
             return f"({text}*10**({int(sci.group(1))}))"
         if "." in text:
             return text
         text = str(int(text))  # 042 -> 42 (leading zeros are a syntax error in Python)
-        mixed = (re.compile(r"\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}").match(self.s, self.i)
-                 or re.compile(r"\s+(\d+)\s*/\s*(\d+)\s*$").match(self.s, self.i))  # 1\frac{4}{5}, 3 1/2
+        mixed = _RX_MIXED_TEX.match(self.s, self.i) or _RX_MIXED_TEXT.match(self.s, self.i)
         if mixed and int(mixed.group(1)) < int(mixed.group(2)):
             self.i = mixed.end()
             return f"({text}+{int(mixed.group(1))}/{int(mixed.group(2))})"
@@ -501,9 +519,9 @@ class _LatexToPy:
             self.in_abs -= 1
             return f"Abs{inner}"
         if c.isalpha():
-            word = re.compile(r"[a-zA-Z]+").match(self.s, self.i).group()
-            for fn in sorted(_FUNC_WORDS, key=len, reverse=True):  # plain-text sqrt(2), 2pi
-                if word.startswith(fn) and fn != "infty":
+            word = _RX_WORD.match(self.s, self.i).group()
+            for fn in _FUNC_WORDS_LONGEST_FIRST:  # plain-text sqrt(2), 2pi
+                if word.startswith(fn):
                     self.i += len(fn)
                     return self.command(fn)
             self.i += 1
@@ -575,7 +593,7 @@ class _LatexToPy:
         return f"({out})**({power})" if power is not None else out
 
     def _word_function(self) -> bool:
-        m = re.compile(r"[a-zA-Z]+").match(self.s, self.i)
+        m = _RX_WORD.match(self.s, self.i)
         return bool(m) and any(m.group().startswith(f) for f in _FUNCS)
 
 
@@ -615,7 +633,15 @@ def _digits(q: Fraction) -> float:
 def _exact(node: ast.AST, src: str) -> Fraction | None:
     """Exact rational value of a checked AST node, None when it is not a plain rational
     (symbols, pi, irrational roots, ...). Raises _Reject for values too large to build
-    and for division by zero."""
+    (every intermediate stays under MAX_RESULT_DIGITS, so gcds stay cheap) and for
+    division by zero."""
+    v = _exact_node(node, src)
+    if v is not None and _digits(v) > MAX_RESULT_DIGITS:
+        raise _Reject("number too large")
+    return v
+
+
+def _exact_node(node: ast.AST, src: str) -> Fraction | None:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, float):
             return Fraction(ast.get_source_segment(src, node))
@@ -737,6 +763,7 @@ def _guard_sizes(node: ast.AST, src: str) -> None:
 
 # ----------------------------------------------------------------------------- structure
 
+_RX_VARIABLE = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
 _CMP_OPS = re.compile(r"\\(?:leq?|geq?|lt|gt|leqslant|geqslant)(?![a-zA-Z])|<=|>=|<|>")
 _BRACKETS = {"(": ")", "[": "]", "{": "}"}
 
@@ -824,7 +851,7 @@ def _structure(s: str):
     if len(parts) == 2 and parts[0] and parts[1]:
         return ("eq", _structure(parts[0]), _structure(parts[1]))
     if len(parts) > 2:
-        return _structure(parts[-1]) if re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?", parts[0]) else ("leaf", s, False)
+        return _structure(parts[-1]) if _RX_VARIABLE.fullmatch(parts[0]) else ("leaf", s, False)
     pm = re.search(r"\\(?:pm|mp)(?![a-zA-Z])", s)
     if pm:
         plus = s[:pm.start()] + "+" + s[pm.end():]
@@ -854,7 +881,7 @@ def _inequality(s: str):
     pieces = _CMP_OPS.split(s)
     ops = _CMP_OPS.findall(s)
     pieces = [p.strip() for p in pieces]
-    var = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
+    var = _RX_VARIABLE
 
     def less(op: str) -> bool:
         return op in ("<", "<=") or op.startswith(("\\le", "\\lt"))
@@ -918,9 +945,9 @@ class _Judge:
             return self.equation(g, p)
         if kg == "set" or kp == "set":
             if kg == "set" and kp == "seq" and p[1] == "(" and p[2] == ")":
-                p = ("set", p[3])
-            if kp == "set" and kg == "seq" and g[1] == "(" and g[2] == ")":
-                g = ("set", g[3])
+                p = ("set", p[3])  # gold is an unordered list: (a, b) lists the same answers
+            if kp == "set" and kg == "seq" and g[1] == "(" and g[2] == ")":  # gold is ordered: so is a, b
+                return len(g[3]) == len(p[1]) and self.all_of(self.same(a, b) for a, b in zip(g[3], p[1]))
             if g[0] != "set" or p[0] != "set":
                 return False
             return self.set_equal(g[1], p[1])
@@ -991,10 +1018,8 @@ class _Judge:
         return digits == b[1]
 
     def equation(self, g, p):
-        simple = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
-
         def simple_lhs(x):
-            return x[0] == "eq" and x[1][0] == "leaf" and bool(simple.fullmatch(x[1][1]))
+            return x[0] == "eq" and x[1][0] == "leaf" and bool(_RX_VARIABLE.fullmatch(x[1][1]))
 
         if g[0] == "eq" and p[0] != "eq":
             return self.same(g[2], p) if simple_lhs(g) else False
@@ -1203,6 +1228,14 @@ def _worker_main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
         pass
+    parent = os.getppid()
+
+    def exit_with_parent():  # a worker stuck in sympy must not outlive a parent that died
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # stray prints from libraries must not corrupt the protocol
