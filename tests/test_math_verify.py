@@ -197,3 +197,37 @@ def test_overlong_penalty():
     assert overlong_penalty(1000, max_length=1000, buffer=0) == 0.0
     with pytest.raises(ValueError, match="buffer"):
         overlong_penalty(10, max_length=100, buffer=200)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", ["normal exit", "parent killed mid-computation"])
+def test_workers_do_not_outlive_their_parent(how):
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "from lightrl.rewards import math as M\n"
+        "assert M.verify('\\\\sqrt{2}', '\\\\frac{2}{\\\\sqrt2}')\n"
+        "print(M._POOL.idle[0].proc.pid, flush=True)\n"
+        + ("M.verify('1', '\\\\tan(e^{e^{e^{3}}})', timeout=600)\n" if how != "normal exit" else "")
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert _pid_alive(worker)
+    if how != "normal exit":
+        time.sleep(0.5)  # the worker is now busy in sympy
+        parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while _pid_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(worker)

@@ -170,7 +170,8 @@ def extract_answer(text: str) -> str | None:
 # ----------------------------------------------------------------------------- normalisation
 
 _UNICODE = {"−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "÷": "/", "π": "\\pi ", "∞": "\\infty ",
-            "√": "\\sqrt", "≤": "\\le ", "≥": "\\ge ", "±": "\\pm ", "∪": "\\cup ", "°": "", "％": "%"}
+            "√": "\\sqrt", "≤": "\\le ", "≥": "\\ge ", "±": "\\pm ", "∪": "\\cup ", "°": "", "％": "%",
+            "²": "^2", "³": "^3"}
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|hbox|mathrm|mathbf|mathit|"
                        r"mathsf|operatorname)\s*\{")
 _UNIT_WORDS = (r"units?|cm|mm|km|meters?|metres?|centimeters?|kilometers?|inches|inch|feet|foot|ft|yards?|"
@@ -306,6 +307,14 @@ _RX_WORD = re.compile(r"[a-zA-Z]+")
 _FUNC_WORDS_LONGEST_FIRST = sorted(_FUNC_WORDS - {"infty"}, key=len, reverse=True)
 
 
+def _is_digit(c: str) -> bool:
+    return len(c) == 1 and "0" <= c <= "9"
+
+
+def _is_letter(c: str) -> bool:
+    return len(c) == 1 and ("a" <= c <= "z" or "A" <= c <= "Z")
+
+
 class _LatexToPy:
     """Recursive descent over one LaTeX expression, emitting Python syntax for sympy.
 
@@ -352,7 +361,7 @@ class _LatexToPy:
         c = self.peek()
         if not c:
             return False
-        if c.isdigit() or c == "." or c.isalpha() or c in "([{":
+        if _is_digit(c) or c == "." or _is_letter(c) or c in "([{":
             return True
         if c == "|":
             return self.in_abs == 0
@@ -389,14 +398,12 @@ class _LatexToPy:
             out = f"{out}{op}{self.unary()}"
 
     def unary(self) -> str:
-        c = self.peek()
-        if c == "-":
+        negative = False
+        while self.peek() in ("-", "+"):  # a loop: 1000 minus signs must not recurse 1000 deep
+            negative ^= self.s[self.i] == "-"
             self.i += 1
-            return f"(-{self.unary()})"
-        if c == "+":
-            self.i += 1
-            return self.unary()
-        return self.power()
+        out = self.power()
+        return f"(-{out})" if negative else out
 
     def power(self) -> str:
         base = self.postfix(self.atom())
@@ -419,15 +426,15 @@ class _LatexToPy:
     def arg(self, exponent: bool = False) -> str:
         """A macro argument: {group}, one digit, one letter or one command atom."""
         c = self.peek()
-        if c in "{(":  # sqrt(2) in plain-text answers
+        if c and c in "{(":  # sqrt(2) in plain-text answers
             return self.group(c, "}" if c == "{" else ")")
-        if c.isdigit():
+        if _is_digit(c):
             self.i += 1
             return c
         if c == "-" and exponent:
             self.i += 1
             return f"(-{self.arg(exponent=True)})"
-        if c.isalpha() or c == "\\":
+        if _is_letter(c) or c == "\\":
             return self.atom()
         raise _ParseError(f"missing argument at {self.i}")
 
@@ -485,7 +492,7 @@ class _LatexToPy:
                 if content is None:
                     raise _ParseError("unbalanced subscript")
                 self.i += len(content) + 2
-            elif c and c.isalnum():
+            elif _is_digit(c) or _is_letter(c):
                 content = c
                 self.i += 1
             else:
@@ -505,7 +512,7 @@ class _LatexToPy:
 
     def _atom(self) -> str:
         c = self.peek()
-        if c.isdigit() or c == ".":
+        if _is_digit(c) or c == ".":
             return self.number()
         if c == "(":
             return self.group("(", ")")
@@ -518,7 +525,7 @@ class _LatexToPy:
             inner = self.group("|", "|")
             self.in_abs -= 1
             return f"Abs{inner}"
-        if c.isalpha():
+        if _is_letter(c):
             word = _RX_WORD.match(self.s, self.i).group()
             for fn in _FUNC_WORDS_LONGEST_FIRST:  # plain-text sqrt(2), 2pi
                 if word.startswith(fn):
@@ -765,7 +772,6 @@ def _guard_sizes(node: ast.AST, src: str) -> None:
 
 _RX_VARIABLE = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
 _CMP_OPS = re.compile(r"\\(?:leq?|geq?|lt|gt|leqslant|geqslant)(?![a-zA-Z])|<=|>=|<|>")
-_BRACKETS = {"(": ")", "[": "]", "{": "}"}
 
 
 def _split_top(s: str, sep: str) -> list[str]:
@@ -876,36 +882,31 @@ def _flatten_sets(items: list) -> list:
     return out
 
 
+_OPS = {"<": "<", "\\lt": "<", ">": ">", "\\gt": ">", "<=": "<=", "\\le": "<=", "\\leq": "<=",
+        "\\leqslant": "<=", ">=": ">=", "\\ge": ">=", "\\geq": ">=", "\\geqslant": ">="}
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
+
+
 def _inequality(s: str):
     """a < x < b, x >= a, ... on one variable -> interval ('seq'); else an opaque leaf."""
-    pieces = _CMP_OPS.split(s)
-    ops = _CMP_OPS.findall(s)
-    pieces = [p.strip() for p in pieces]
-    var = _RX_VARIABLE
-
-    def less(op: str) -> bool:
-        return op in ("<", "<=") or op.startswith(("\\le", "\\lt"))
-
-    def strict(op: str) -> bool:
-        return op in ("<", ">", "\\lt", "\\gt")
-
-    if len(ops) == 1 and var.fullmatch(pieces[0]) and pieces[1]:  # x < a
+    pieces = [p.strip() for p in _CMP_OPS.split(s)]
+    ops = [_OPS[o] for o in _CMP_OPS.findall(s)]
+    is_var = _RX_VARIABLE.fullmatch
+    if len(ops) == 1 and is_var(pieces[0]) and pieces[1]:  # x < a
         bound, op = pieces[1], ops[0]
-    elif len(ops) == 1 and var.fullmatch(pieces[1]) and pieces[0]:  # a < x  ->  x > a
-        bound, op = pieces[0], {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(ops[0]) or \
-            ops[0].replace("le", "GE").replace("ge", "le").replace("GE", "ge").replace("lt", "GT").replace(
-                "gt", "lt").replace("GT", "gt")
-    elif len(ops) == 2 and var.fullmatch(pieces[1]) and less(ops[0]) == less(ops[1]):
+    elif len(ops) == 1 and is_var(pieces[1]) and pieces[0]:  # a < x  is  x > a
+        bound, op = pieces[0], _FLIP[ops[0]]
+    elif len(ops) == 2 and is_var(pieces[1]) and ops[0][0] == ops[1][0]:  # a < x <= b, b > x > a
         lo, hi, op_lo, op_hi = pieces[0], pieces[2], ops[0], ops[1]
-        if not less(ops[0]):
-            lo, hi, op_lo, op_hi = hi, lo, op_hi, op_lo
-        return ("seq", "(" if strict(op_lo) else "[", ")" if strict(op_hi) else "]",
+        if op_lo[0] == ">":
+            lo, hi, op_lo, op_hi = hi, lo, _FLIP[op_hi], _FLIP[op_lo]
+        return ("seq", "(" if op_lo == "<" else "[", ")" if op_hi == "<" else "]",
                 [_structure(lo), _structure(hi)])
     else:
         return ("leaf", s, False)
-    if less(op):
-        return ("seq", "(", ")" if strict(op) else "]", [("leaf", "-\\infty", False), _structure(bound)])
-    return ("seq", "(" if strict(op) else "[", ")", [_structure(bound), ("leaf", "\\infty", False)])
+    if op[0] == "<":
+        return ("seq", "(", ")" if op == "<" else "]", [("leaf", "-\\infty", False), _structure(bound)])
+    return ("seq", "(" if op == ">" else "[", ")", [_structure(bound), ("leaf", "\\infty", False)])
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -974,12 +975,12 @@ class _Judge:
         if len(gs) * len(ps) > 400:
             raise _Reject("sets too large")
         table = [[self.same(g, p) for p in ps] for g in gs]
+        cols = list(zip(*table))
+        if any(all(r is False for r in line) for line in table + cols):
+            return False  # some member matches nothing: settled even when other cells are unknown
         if any(r is None for row in table for r in row):
-            if not self.use_sympy:
-                return None
-        rows_ok = all(any(r is True for r in row) for row in table)
-        cols_ok = all(any(table[i][j] is True for i in range(len(gs))) for j in range(len(ps)))
-        return rows_ok and cols_ok
+            return None
+        return all(True in row for row in table) and all(True in col for col in cols)
 
     def matrix(self, g, p):
         def rows(x):
@@ -1139,7 +1140,7 @@ def _numbers_close(a, b, inexact: bool) -> bool:
         return False
     diff = sympy.Abs(av - bv)
     scale = sympy.Max(sympy.Abs(av), sympy.Abs(bv))
-    tol = 1e-9 if inexact else EXACT_TOL
+    tol = float(REL_TOL) if inexact else EXACT_TOL
     return bool(diff <= tol * scale + sympy.Float("1e-50", 60))
 
 
