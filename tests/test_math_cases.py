@@ -168,6 +168,8 @@ CASES = {
         ("10^{30}+1", "10^{30}", False),  # no float collapse of big integers
         ("\\pi", "\\frac{355}{113}", False), ("\\sqrt{2}", "1.414", False),
         ("2", "\\frac{1}{0}", False), ("0", "0/0", False),
+        ("1+2\\sqrt{3}", "1+2\\s)qrt{3}", False), ("\\frac{3}{2}", "(fra}c{3}{2}", False),  # garbage, same letters
+        ("\\frac{1}{3}", "frac{1}{3}", False),
     ],
 }
 

@@ -289,7 +289,7 @@ _FUNCS = {"sin": "sin", "cos": "cos", "tan": "tan", "cot": "cot", "sec": "sec", 
 _INVERSE = {"sin": "asin", "cos": "acos", "tan": "atan", "cot": "acot", "sec": "asec", "csc": "acsc"}
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta",
           "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi",
-          "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}
+          "chi", "psi", "omega", "ell", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}
 _ATOM_CMDS = {"frac", "sqrt", "pi", "infty", "binom", "lfloor", "lceil", "lvert", "vert", "overline"} \
     | set(_FUNCS) | _GREEK
 _PY_NAMES = {"sqrt", "real_root", "pi", "E", "I", "oo", "factorial", "factorial2", "binomial", "Abs",
@@ -449,6 +449,8 @@ class _LatexToPy:
 
     def number(self) -> str:
         m = _RX_NUMBER.match(self.s, self.i)
+        if m is None:
+            raise _ParseError(f"stray '.' at {self.i}")
         text = m.group()
         self.i = m.end()
         if len(text) > MAX_LITERAL_DIGITS:
@@ -611,7 +613,10 @@ _ALLOWED_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Name, as
 def _to_py(latex: str) -> tuple[str, ast.Expression, bool]:
     """LaTeX leaf -> (python source, its checked AST, inexact flag)."""
     conv = _LatexToPy(latex)
-    py = conv.convert()
+    try:
+        py = conv.convert()
+    except (IndexError, KeyError, ValueError, AttributeError) as exc:  # untrusted text: fail closed
+        raise _ParseError(f"cannot parse {latex[:40]!r}: {exc}") from exc
     try:
         tree = ast.parse(py, mode="eval")
     except (SyntaxError, RecursionError, MemoryError) as exc:
@@ -801,7 +806,7 @@ def _outer_group(s: str) -> tuple[str, str, str] | None:
     """(open, inner, close) when s is one bracket group from its first to its last char."""
     if s.startswith("\\{") and s.endswith("\\}"):
         open_, inner, close = "\\{", s[2:-2], "\\}"
-    elif s[:1] in "([" and s[-1:] in ")]":
+    elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
         open_, inner, close = s[0], s[1:-1], s[-1]
     else:
         return None
@@ -936,8 +941,10 @@ class _Judge:
                     or kp == "leaf" and p[1].upper() == g[1])
         if kp == "choice":  # "(B)" against a non-choice gold: compare the bare letter
             return kg == "leaf" and g[1].replace(" ", "").upper() == p[1]
-        if kg == "text" or kp == "text":
-            return _text_key(_unparse(g)) == _text_key(_unparse(p))
+        if kg == "text":  # a word answer: case, spacing and punctuation do not matter
+            return _text_key(_unparse(p)) == g[1]
+        if kp == "text":  # words (or garbage like "\\s)qrt") against a math gold
+            return False
         if kg == "set" and len(g[1]) == 1:
             return self.same(g[1][0], p)
         if kp == "set" and len(p[1]) == 1:
