@@ -55,7 +55,10 @@ JUDGED: dict[tuple[str, str], tuple[str, str]] = {
     ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "(-2,-14,-7)"): (
         "lightrl (debatable)", "same vector as a tuple; a strict grader may want the column form"),
     ("3R^2", "3r^2"): ("lightrl (debatable)", "R and r are different symbols; the problem names the radius R"),
-    ("18", "So, the final answer is 18."): ("lightrl", "math-verify does not extract 'the final answer is 18'"),
+    ("18", "first \\boxed{17}, then corrected: \\boxed{18}"): (
+        "lightrl", "the final (last) boxed answer is 18; math-verify also reads the earlier \\boxed{17}"),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "x < 2 \\text{ or } x > 3"): ("lightrl", "the same set of reals"),
+    ("\\text{(C)}", "\\textbf{(C)}\\ 12"): ("lightrl", "AMC style: choice (C) followed by its value"),
     ("\\frac{1}{2004!}", "\\frac{1}{2006!}"): ("lightrl", "different numbers (ratio 2005*2006); "
                                                "math-verify rounds both to 0"),
     ("\\frac{1}{3}", "0.\\overline{3}"): ("lightrl", "0.333... repeating is exactly 1/3"),
