@@ -14,9 +14,12 @@ e = dL/dH; d hidden = dL/dz @ W / T, d W = dL/dz.T @ hidden / T.
 """
 import torch
 
-from lightrl.kernels import logprobs_torch, policy_loss_torch
+from lightrl.kernels import policy_loss_torch
 
 IGNORE_INDEX = -100
+# Rows per chunk: one [chunk, V] fp32 buffer of 64 MiB (two with entropy); CPU BLAS loses
+# speed on the d-weight GEMM (inner size = chunk) much below ~500 rows.
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def fused_token_level(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
@@ -42,23 +45,29 @@ def fused_token_level(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if want_grad_weight else None
     loss = torch.zeros((), dtype=torch.float32, device=dev)
     parts = torch.zeros(8, dtype=torch.float32, device=dev)
-    rows = logprobs_torch._chunk_rows(n, v)
+    rows = max(16, min(n, _CHUNK_ELEMENTS // max(v, 1)))
     z_buf = torch.empty(rows, v, dtype=torch.float32, device=dev)
-    p_buf = torch.empty(rows, v, dtype=torch.float32, device=dev)
+    p_buf = torch.empty(rows, v, dtype=torch.float32, device=dev) if want_entropy else None
     for s in range(0, n, rows):
         e = min(s + rows, n)
         h = hidden[s:e].float() * inv_t
-        z, p = z_buf[: e - s], p_buf[: e - s]
+        z = z_buf[: e - s]
         torch.mm(h, w.t(), out=z)                                   # GEMM 1
-        z.sub_(z.amax(dim=1, keepdim=True))
-        torch.exp(z, out=p)
-        sum_p = p.sum(dim=1, keepdim=True)
-        z.sub_(sum_p.log())                                         # z = log p
-        p.div_(sum_p)
+        z.sub_(z.amax(dim=1, keepdim=True))                         # u = z - max
         ok = valid[s:e]
         rows_idx = torch.arange(e - s, device=dev)
-        logp = torch.where(ok, z[rows_idx, safe_t[s:e]], 0.0)
-        ent = torch.where(ok, -(p * z).sum(dim=1), 0.0) if want_entropy else None
+        u_target = z[rows_idx, safe_t[s:e]]
+        if want_entropy:
+            q = torch.exp(z, out=p_buf[: e - s])                    # q = e^u, z keeps u
+        else:
+            q = z.exp_()                                            # one buffer: u is not needed again
+        sum_q = q.sum(dim=1)
+        log_sum = sum_q.log()
+        logp = torch.where(ok, u_target - log_sum, 0.0)
+        ent = None
+        if want_entropy:
+            # H = log sum e^u - sum(e^u u) / sum e^u
+            ent = torch.where(ok, log_sum - torch.einsum("ij,ij->i", q, z) / sum_q, 0.0)
         sl = slice(s, e)
         loss_c, g, g_ent, parts_c = policy_loss_torch.token_terms(
             logp, None if old_logp is None else old_logp[sl], None if ref_logp is None else ref_logp[sl],
@@ -67,17 +76,18 @@ def fused_token_level(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask
         parts[:3] += parts_c[:3]
         parts[3] = torch.maximum(parts[3], parts_c[3])
         parts[4:] += parts_c[4:]
-        g = torch.where(ok, g, 0.0)[:, None]
+        g = torch.where(ok, g, 0.0)
         if g_ent is None:
-            p.mul_(-g)                                              # dL/dz = -g p (+ g at the target)
+            dz = q.mul_((-g / sum_q)[:, None])                       # -g p, p = q / sum q
         else:
-            ge = torch.where(ok, g_ent, 0.0)[:, None]
-            z.add_(ent[:, None]).mul_(ge).add_(g)                   # g + e (log p + H)
-            p.mul_(z).neg_()
-        p[rows_idx, safe_t[s:e]] += g[:, 0]
-        torch.mm(p, w, out=grad_hidden[s:e])                        # GEMM 2
+            ge = torch.where(ok, g_ent, 0.0)
+            # -p (g + e (log p + H)), log p = u - log sum q
+            z.sub_(log_sum[:, None]).add_(ent[:, None]).mul_(ge[:, None]).add_(g[:, None])
+            dz = q.mul_(z).mul_((-1.0 / sum_q)[:, None])
+        dz[rows_idx, safe_t[s:e]] += g                              # + g at the target
+        torch.mm(dz, w, out=grad_hidden[s:e])                       # GEMM 2
         if want_grad_weight:
-            grad_weight.addmm_(p.t(), h)                            # GEMM 3 (h carries 1/T)
+            grad_weight.addmm_(dz.t(), h)                           # GEMM 3 (h carries 1/T)
     grad_hidden.mul_(inv_t)
     return (loss, parts, grad_hidden.to(hidden.dtype),
             grad_weight.to(weight.dtype) if grad_weight is not None else None)
