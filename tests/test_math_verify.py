@@ -159,6 +159,8 @@ def test_score_batch_order_cache_and_stats():
     assert get_stats()["n_cache_hits"] >= 5
     with pytest.raises(ValueError, match="golds"):
         score_batch(["1"], [])
+    with pytest.raises(ValueError, match="timeout"):
+        verify("1", "1", timeout=0)
 
 
 def test_concurrent_threads_agree():

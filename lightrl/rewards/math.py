@@ -5,6 +5,7 @@ Public API
     verify(gold, prediction, timeout=2.0) -> bool
     score_batch(golds, predictions, timeout=2.0, workers=None) -> list[float]
     get_stats(reset=False) -> dict[str, int]
+    clear_cache(), last_boxed(text) -> str | None (used by rules.format_reward)
 
 How a pair is judged
     1. The answer is cut out of the prediction (last \\boxed{}/\\fbox{}, GSM8K "####",
@@ -24,6 +25,9 @@ How a pair is judged
        a pool of worker processes started with subprocess. A worker that passes the
        deadline is killed and replaced; no signals are used, so this works from any
        thread and inside daemon worker processes (it never uses multiprocessing).
+       Workers start once and are reused, exit with the process (atexit, and a
+       watchdog if the parent dies) and run under a 3 GiB address-space limit.
+       POSIX only (poll on pipes).
 
 Numbers: exact unless written with a decimal point.
     Integers, fractions, radicals, pi, ... are exact; two rationals must be equal
@@ -69,7 +73,7 @@ MAX_FACTORIAL = 3_000
 REL_TOL = Fraction(1, 10**9)
 EXACT_TOL = 1e-40
 WORKER_STARTUP_TIMEOUT = 60.0
-CACHE_SIZE = 200_000
+CACHE_SIZE = 50_000  # (gold, answer) pairs; answers are capped at MAX_ANSWER_CHARS
 _TAIL = 4000  # answer phrases ("The answer is", "####") are looked for in the last _TAIL chars
 
 
@@ -1273,8 +1277,11 @@ class _Worker:
     def __init__(self):
         code = ("import sys, runpy; sys.path = [p for p in sys.path if p not in ('', '.')]; "
                 f"runpy.run_path({os.path.abspath(__file__)!r}, run_name='__lightrl_verifier_worker__')")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0, close_fds=True)
+        # own session: a Ctrl-C in the terminal reaches the trainer, not its verifier workers
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0, close_fds=True, start_new_session=True)
+        self.poll = select.poll()  # not select(): a trainer may hold more than FD_SETSIZE descriptors
+        self.poll.register(self.proc.stdout.fileno(), select.POLLIN)
         self.ready = False
         self.buf = b""
 
@@ -1284,8 +1291,7 @@ class _Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            r, _, _ = select.select([fd], [], [], left)
-            if r:
+            if self.poll.poll(max(1, int(left * 1000))):
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     raise EOFError("verifier worker exited")
@@ -1479,6 +1485,11 @@ def _ask_sympy(key: tuple[str, str], timeout: float) -> bool:
     return ok
 
 
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise ValueError(f"timeout={timeout!r}: the sympy time limit per pair must be > 0 seconds (default 2.0)")
+
+
 def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -1489,6 +1500,7 @@ def verify(gold: str, prediction: str, timeout: float = 2.0) -> bool:
     Safe from any thread; sympy runs in a worker process killed after `timeout`
     seconds (a timeout returns False and counts in get_stats()['n_timeouts']).
     """
+    _check_timeout(timeout)
     key, verdict = _prepare(gold, prediction)
     if verdict is not None:
         return verdict
@@ -1504,6 +1516,7 @@ def score_batch(golds: list[str], predictions: list[str], timeout: float = 2.0,
     (default: CPU count, at most 8) in parallel, each under `timeout` seconds.
     Results are cached per (gold answer, predicted answer).
     """
+    _check_timeout(timeout)
     if len(golds) != len(predictions):
         raise ValueError(f"score_batch: {len(golds)} golds but {len(predictions)} predictions; "
                          "pass one gold per prediction (repeat the gold for each sample of a group)")
