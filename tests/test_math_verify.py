@@ -233,3 +233,25 @@ def test_workers_do_not_outlive_their_parent(how):
     while _pid_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _pid_alive(worker)
+
+
+def test_works_inside_a_daemonic_forked_process():
+    """Daemonic multiprocessing children may not start multiprocessing children; the
+    verifier's subprocess workers are fine there, and a fork does not share the parent's pool."""
+    import multiprocessing
+
+    assert verify("\\sqrt{8}", "2\\sqrt{2}")  # the parent has a warm pool before the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child():
+        M.clear_cache()
+        get_stats(reset=True)
+        queue.put((verify("\\sqrt{12}", "2\\sqrt{3}"), verify("\\sqrt{12}", "3\\sqrt{2}"), get_stats()))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    result = queue.get(timeout=60)
+    proc.join(timeout=30)
+    assert result[:2] == (True, False)
+    assert result[2]["n_sympy"] == 2 and result[2]["n_errors"] == 0  # the child's own sympy workers answered
