@@ -252,7 +252,8 @@ def _version(dist: str) -> str:
 
 
 def _print(report: dict) -> None:
-    print(f"| set | pairs | verifications/s ({report['workers']} workers) | correct | sympy | timeouts | math-verify correct |")
+    print(f"| set | pairs | verifications/s ({report['workers']} workers) | correct | sympy | timeouts "
+          "| math-verify correct |")
     print("|---|---|---|---|---|---|---|")
     for name, e in report["sets"].items():
         mv = e.get("math_verify_accuracy_vs_expected")

@@ -796,7 +796,8 @@ def _split_top(s: str, sep: str) -> list[str]:
             depth += 1
         elif c in ")]}":
             depth -= 1
-        elif depth == 0 and s.startswith(sep, i) and not (sep.startswith("\\") and s[i + len(sep):i + len(sep) + 1].isalpha()):
+        elif (depth == 0 and s.startswith(sep, i)
+              and not (sep[0] == "\\" and s[i + len(sep):i + len(sep) + 1].isalpha())):  # \cup, not \cupfoo
             parts.append(s[start:i])
             i += len(sep)
             start = i
