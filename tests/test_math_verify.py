@@ -101,6 +101,7 @@ HOSTILE = {
     "huge factorial": "100000!",
     "huge power": "(10^{100})^{100000}",
     "symbolic tower": "x^{10^{8}}",
+    "nested symbolic powers": "((x^{100})^{100})^{100}",
     "product of huge powers": "\\frac{" + "(10^{9000})" * 40 + "}{" + "(3^{9000})" * 40 + "}",
 }
 

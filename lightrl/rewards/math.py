@@ -762,19 +762,28 @@ def _exact_root(a: Fraction, e: Fraction, real: bool = False) -> Fraction | None
     return root ** p
 
 
-def _guard_sizes(node: ast.AST, src: str) -> None:
-    """Reject exponent towers and huge factorials before sympy ever sees them."""
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.Pow):
-            e = _exact(sub.right, src)
-            if e is not None and abs(e) > MAX_RESULT_DIGITS:
+def _guard_sizes(node: ast.AST, src: str, power: Fraction = Fraction(1)) -> None:
+    """Reject exponent towers and huge factorials before sympy ever sees them.
+
+    `power` is the product of the exponents applied to `node`: (x^100)^200 is x^20000,
+    which sympy would expand into 20000-digit numbers at every sample point."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        e = _exact(node.right, src)
+        if e is not None:
+            power *= max(abs(e), 1)
+            if power > MAX_RESULT_DIGITS:
                 raise _Reject("exponent too large")
-            _exact(sub, src)  # raises for numeric bases that would blow up
-        elif isinstance(sub, ast.Call) and sub.func.id in ("factorial", "factorial2", "binomial"):
-            for a in sub.args:
-                v = _exact(a, src)
-                if v is not None and abs(v) > 10 * MAX_FACTORIAL:
-                    raise _Reject("factorial too large")
+        _exact(node, src)  # raises for numeric bases that would blow up
+        _guard_sizes(node.left, src, power)
+        _guard_sizes(node.right, src)
+        return
+    if isinstance(node, ast.Call) and node.func.id in ("factorial", "factorial2", "binomial"):
+        for a in node.args:
+            v = _exact(a, src)
+            if v is not None and abs(v) > 10 * MAX_FACTORIAL:
+                raise _Reject("factorial too large")
+    for child in ast.iter_child_nodes(node):
+        _guard_sizes(child, src, power)
 
 
 # ----------------------------------------------------------------------------- structure
