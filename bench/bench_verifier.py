@@ -191,7 +191,8 @@ def main(args: argparse.Namespace) -> dict:
 
     M.score_batch(["\\sqrt{2}"] * 8, [f"\\frac{{{2 * k}}}{{{k}\\sqrt2}}" for k in range(1, 9)],
                   workers=args.workers)  # start and warm the worker pool outside the timing
-    report = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count(), "workers": args.workers,
+    report = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
+              "load_average_1m": round(os.getloadavg()[0], 2), "workers": args.workers,
               "timeout_s": args.timeout, "python": sys.version.split()[0], "sets": {}, "disagreements": []}
     all_pairs, all_ours, all_expected = [], [], []
     for name, pairs in sets.items():
