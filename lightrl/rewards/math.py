@@ -1283,10 +1283,16 @@ class _Timeout(Exception):
     pass
 
 
+_THIS_FILE = os.path.abspath(__file__)  # at import: the trainer may chdir later
+
+
 class _Worker:
+    """One sympy process, run from this file by path so `import lightrl` (and whatever the
+    package __init__ pulls in, e.g. torch) never loads in it; talks JSON lines on its pipes."""
+
     def __init__(self):
         code = ("import sys, runpy; sys.path = [p for p in sys.path if p not in ('', '.')]; "
-                f"runpy.run_path({os.path.abspath(__file__)!r}, run_name='__lightrl_verifier_worker__')")
+                f"runpy.run_path({_THIS_FILE!r}, run_name='__lightrl_verifier_worker__')")
         # own session: a Ctrl-C in the terminal reaches the trainer, not its verifier workers
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      bufsize=0, close_fds=True, start_new_session=True)
