@@ -41,24 +41,25 @@ def _launch_opts(blocks):
 
 @triton.jit
 def _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, stride_h, stride_w, inv_t,
-                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
     """[BLOCK_N, BLOCK_V] fp32 tile of hidden @ W.T / T."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         d_mask = dd < D
-        h = tl.load(h_ptr + rows[:, None] * stride_h + dd[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None] * stride_w + dd[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-        if PRECISION == "interpret-bf16":
-            h, w = h.to(tl.float32), w.to(tl.float32)
-        acc = tl.dot(h, tl.trans(w), acc, input_precision="ieee" if PRECISION == "interpret-bf16" else PRECISION)
+        h = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + dd[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + dd[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
+        if DOT_FP32:
+            acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h, tl.trans(w), acc)
     return acc * inv_t
 
 
 @triton.jit
 def _forward_kernel(h_ptr, w_ptr, t_ptr, m_ptr, s_ptr, a_ptr, zt_ptr,
                     N, D, V, stride_h, stride_w, inv_t, tiles_per_split,
-                    WANT_ENTROPY: tl.constexpr, PRECISION: tl.constexpr,
+                    WANT_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per (token block, vocab split): running max m, s = sum e^(z-m), a = sum e^(z-m) (z-m), target logit."""
     pid_n = tl.program_id(0)
@@ -77,7 +78,7 @@ def _forward_kernel(h_ptr, w_ptr, t_ptr, m_ptr, s_ptr, a_ptr, zt_ptr,
         cols = v0 + i * BLOCK_V + tl.arange(0, BLOCK_V)
         col_mask = cols < V
         z = _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, stride_h, stride_w, inv_t,
-                         BLOCK_N, BLOCK_V, BLOCK_D, PRECISION)
+                         BLOCK_N, BLOCK_V, BLOCK_D, DOT_FP32)
         z = tl.where(col_mask[None, :], z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)
@@ -101,7 +102,7 @@ def _forward_kernel(h_ptr, w_ptr, t_ptr, m_ptr, s_ptr, a_ptr, zt_ptr,
 @triton.jit
 def _dlogits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_ptr,
                     N, D, V, stride_h, stride_w, stride_dz, inv_t,
-                    HAS_GRAD_ENTROPY: tl.constexpr, PRECISION: tl.constexpr,
+                    HAS_GRAD_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     """dz[i, j] = (g_i (onehot_ij - p_ij) - e_i p_ij (log p_ij + H_i)) / T for one tile."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -109,7 +110,7 @@ def _dlogits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_pt
     row_mask = rows < N
     col_mask = cols < V
     z = _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, stride_h, stride_w, inv_t,
-                     BLOCK_N, BLOCK_V, BLOCK_D, PRECISION)
+                     BLOCK_N, BLOCK_V, BLOCK_D, DOT_FP32)
     tgt = tl.load(t_ptr + rows, mask=row_mask, other=IGNORE_INDEX)
     ignored = tgt == IGNORE_INDEX
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
@@ -123,19 +124,16 @@ def _dlogits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_pt
         coef += e[:, None] * (logp + ent[:, None])
     dz = tl.where(cols[None, :] == tgt[:, None], g[:, None], 0.0) - p * coef
     dz = dz * inv_t
-    tl.store(dz_ptr + rows[:, None] * stride_dz + cols[None, :], dz.to(dz_ptr.dtype.element_ty),
+    tl.store(dz_ptr + rows[:, None].to(tl.int64) * stride_dz + cols[None, :], dz.to(dz_ptr.dtype.element_ty),
              mask=row_mask[:, None] & col_mask[None, :])
 
 
-def _precision(t: torch.Tensor) -> str:
-    # fp32 inputs get true fp32 products (tf32 would cost ~1e-3 relative in the logits).
-    if t.dtype == torch.float32:
-        return "ieee"
-    # Triton 3.9's interpreter multiplies bf16 tiles as their raw uint16 bits
-    # (np.matmul in create_dot), so there the tiles are upcast before tl.dot.
-    if t.dtype == torch.bfloat16 and t.device.type != "cuda":
-        return "interpret-bf16"
-    return "tf32"  # ignored by tl.dot for 16-bit inputs
+def _dot_fp32(t: torch.Tensor) -> bool:
+    """Whether tiles are multiplied as fp32 with true fp32 products (tl.dot's default, tf32,
+    would cost ~1e-3 relative in fp32 logits). 16-bit tiles use the tensor cores as they
+    are, except in Triton 3.9's interpreter, which multiplies bf16 tiles as their raw
+    uint16 bits (np.matmul in its create_dot)."""
+    return t.dtype == torch.float32 or (t.dtype == torch.bfloat16 and t.device.type != "cuda")
 
 
 def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: bool):
@@ -160,7 +158,7 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     m, s, a, zt = (torch.empty(splits, n, dtype=torch.float32, device=hidden.device) for _ in range(4))
     _forward_kernel[(n_blocks, splits)](
         hidden, weight, targets, m, s, a, zt, n, d, v, hidden.stride(0), weight.stride(0),
-        1.0 / temperature, tiles_per_split, WANT_ENTROPY=want_entropy, PRECISION=_precision(hidden),
+        1.0 / temperature, tiles_per_split, WANT_ENTROPY=want_entropy, DOT_FP32=_dot_fp32(hidden),
         BLOCK_N=blk["BLOCK_N"], BLOCK_V=blk["BLOCK_V"], BLOCK_D=blk["BLOCK_D"], **_launch_opts(blk))
     m_max = m.amax(dim=0)
     scale = torch.exp(m - m_max)
@@ -208,7 +206,7 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
         _dlogits_kernel[grid](
             hidden[s:e], weight, targets[s:e], lse[s:e], entropy[s:e] if has_ge else lse, grad_logp[s:e],
             grad_entropy[s:e] if has_ge else grad_logp, dz_c, e - s, d, v, hidden.stride(0), weight.stride(0),
-            dz_c.stride(0), 1.0 / temperature, HAS_GRAD_ENTROPY=has_ge, PRECISION=_precision(hidden),
+            dz_c.stride(0), 1.0 / temperature, HAS_GRAD_ENTROPY=has_ge, DOT_FP32=_dot_fp32(hidden),
             BLOCK_N=blk["BLOCK_N"], BLOCK_V=blk["BLOCK_V"], BLOCK_D=blk["BLOCK_D"], **_launch_opts(blk))
         torch.mm(dz_c, weight, out=grad_hidden[s:e])
         part = torch.mm(dz_c.t(), hidden[s:e])
