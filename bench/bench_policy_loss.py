@@ -7,9 +7,11 @@ Methods (all compute the same loss of one algorithm row and d hidden, d weight):
   eager         materialised logits, log_softmax, the reference loss, autograd
   liger_chunked liger-kernel's LigerFusedLinearGRPOLoss (compiled on CUDA only)
   liger_triton  liger-kernel's Triton grpo_loss on materialised logits (CUDA only)
-Each method runs in its own subprocess so that its peak memory is its own: on CUDA
-torch.cuda.max_memory_allocated, on CPU the growth of the process's max RSS over the
+Peak memory: each method runs once in its own subprocess, so that the peak is its own: on
+CUDA torch.cuda.max_memory_allocated, on CPU the growth of the process's max RSS over the
 inputs (the baseline is taken after the inputs exist and one GEMM has warmed the BLAS).
+Time: the methods run round-robin in one process (one warm-up each, then --repeats
+rounds), so that load from other processes falls on all of them alike; median reported.
 
     python -m bench policy_loss --n 4096 --d 512 --v 32000 --dtype fp32
 writes a Markdown table to stdout and JSON to bench/results/policy_loss_<device>.json.
@@ -169,33 +171,47 @@ def _sync(device):
 
 
 def _worker(args):
+    """One method in a fresh process: peak memory of one forward + backward."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = _inputs(args, device)
     torch.mm(x["hidden"][:64], x["weight"][:64].t())  # BLAS warm-up before the memory baseline
-    step = _step_fn(args.worker, x, device)
-    if step is None:
-        print(json.dumps({"skipped": "needs CUDA"}))
-        return
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step()  # warm-up (and compilation where there is any)
+    step = _step_fn(args.worker, x, device)
+    if step is None:
+        print(json.dumps({"skipped": "needs CUDA"}))
+        return
+    step()
     _sync(device)
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"ms_median": 1e3 * statistics.median(times), "ms_min": 1e3 * min(times),
-                      "peak_extra_mb": peak / 2 ** 20}))
+    print(json.dumps({"peak_extra_mb": peak / 2 ** 20}))
+
+
+def _timings(args, methods):
+    """Median time of each method, run round-robin in this process so that load from
+    other processes on the machine falls on every method alike."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = _inputs(args, device)
+    steps = {m: _step_fn(m, x, device) for m in methods}
+    steps = {m: f for m, f in steps.items() if f is not None}
+    times = {m: [] for m in steps}
+    for m, f in steps.items():  # warm-up (and compilation where there is any)
+        f()
+    _sync(device)
+    for _ in range(args.repeats):
+        for m, f in steps.items():
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            times[m].append(time.perf_counter() - t0)
+    return {m: {"ms_median": 1e3 * statistics.median(t), "ms_min": 1e3 * min(t)} for m, t in times.items()}
 
 
 def main(args) -> None:
@@ -204,18 +220,20 @@ def main(args) -> None:
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     methods = [m for m in args.methods.split(",") if m]
-    results = {}
+    results = {m: {} for m in methods}
     for m in methods:
         cmd = [sys.executable, "-m", "bench.bench_policy_loss", "--worker", m, "--n", str(args.n), "--seq-len",
-               str(args.seq_len), "--d", str(args.d), "--v", str(args.v), "--dtype", args.dtype, "--algo", args.algo,
-               "--repeats", str(args.repeats)]
+               str(args.seq_len), "--d", str(args.d), "--v", str(args.v), "--dtype", args.dtype, "--algo", args.algo]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                               env=dict(os.environ))
         if proc.returncode:
             results[m] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
         else:
-            results[m] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{m}: {results[m]}", file=sys.stderr)
+            results[m].update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"memory {m}: {results[m]}", file=sys.stderr)
+    timed = _timings(args, [m for m in methods if "peak_extra_mb" in results[m]])
+    for m, r in timed.items():
+        results[m].update(r)
     limit = results.get("three_gemm", {}).get("ms_median")
     eager = results.get("eager", {})
     for r in results.values():
@@ -226,6 +244,7 @@ def main(args) -> None:
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
             "torch": torch.__version__, "n": args.n, "seq_len": args.seq_len, "d": args.d, "v": args.v,
             "dtype": args.dtype, "algo": args.algo, "repeats": args.repeats,
+            "timing": "round-robin in one process, median of repeats after one warm-up",
             "memory": "peak bytes allocated above the inputs" if device == "cuda"
             else "growth of max RSS above the inputs (one process per method)"}
     print(markdown(meta, results))

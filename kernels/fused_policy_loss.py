@@ -63,8 +63,11 @@ class _FusedTokenLevelTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_parts):
         grad_hidden, grad_weight = ctx.saved_tensors
-        gw = grad_weight * grad_loss.to(grad_weight.dtype) if ctx.has_gw else None
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype), gw) + (None,) * 10
+        gw = grad_weight if ctx.has_gw else None
+        if bool(grad_loss != 1):  # the usual loss.backward() needs no pass over [V, D]
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+            gw = gw * grad_loss.to(gw.dtype) if gw is not None else None
+        return (grad_hidden, gw) + (None,) * 10
 
 
 def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, mask, seq_index, row, *,
