@@ -1,0 +1,230 @@
+"""The run configuration: one dataclass, filled from defaults < a TOML/YAML file < the command line.
+
+The defaults are the embedded CPU demo (tiny model, arithmetic task); a real run
+sets --model, --data and the sizes (see the README's GSM8K example).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from lightrl.algos import ALGOS, AlgoRow, algos_markdown, get_algo
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class Config:
+    # what to train
+    algo: str = _opt("grpo", "algorithm row of lightrl.algos.ALGOS (see --list-algos)")
+    row: dict = _opt(None, "overrides of the algorithm row's fields, e.g. --set eps_high=0.28 --set kl_coef=0",
+                     repr=False)
+    model: str = _opt("tiny", "local model directory (or an HF id already in the local cache); "
+                              "'tiny' = the built-in random tiny Llama with a character tokenizer")
+    data: str = _opt("arithmetic", "training prompts: a .jsonl/.parquet file, or built-in "
+                                   "'arithmetic' (the tiny model's task), 'gsm8k', 'math500'")
+    question_field: str = _opt("", "field holding the question ('' = first of question/problem/prompt)")
+    answer_field: str = _opt("", "field holding the gold answer ('' = first of answer/final_answer/solution)")
+    instruction: str = _opt("Please reason step by step, and put your final answer within \\boxed{}.",
+                            "appended to each question in the chat template (models with one)")
+    skip_bad_rows: bool = _opt(False, "skip malformed data rows (counted in metrics) instead of stopping")
+    # sampling
+    engine: str = _opt("auto", "rollout engine: 'hf' (transformers generate), 'vllm' (CUDA only), "
+                               "'auto' = vllm when CUDA and vllm are available, else hf")
+    gpu_memory_utilization: float = _opt(0.3, "vllm: fraction of GPU memory for weights + KV cache")
+    vllm_sleep: bool = _opt(True, "vllm: release the engine's GPU memory (sleep) during each update")
+    prompts_per_step: int = _opt(16, "prompts per optimizer step (each sampled group_size times)")
+    group_size: int = _opt(8, "completions per prompt (the row's sample_factor multiplies it)")
+    temperature: float = _opt(1.0, "sampling temperature of rollouts (also used in the loss' softmax)")
+    top_p: float = _opt(1.0, "nucleus sampling of rollouts")
+    max_prompt_tokens: int = _opt(512, "prompts longer than this are cut from the left")
+    max_new_tokens: int = _opt(8, "completion length limit")
+    mask_truncated: bool = _opt(False, "completions that hit max_new_tokens get no gradient")
+    max_refills: int = _opt(4, "refill rows: at most this many extra rounds of prompts per step")
+    # optimisation
+    steps: int = _opt(100, "optimizer steps of RL")
+    lr: float = _opt(2e-3, "AdamW learning rate (the default suits the tiny model; use ~1e-6 for real LLMs)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    warmup_steps: int = _opt(0, "linear learning-rate warmup")
+    grad_clip: float = _opt(1.0, "max gradient norm (0 = off)")
+    updates_per_batch: int = _opt(1, "optimizer steps on each rollout batch (>1 makes ratios matter)")
+    micro_batch: int = _opt(64, "sequences per forward/backward (gradient accumulation above it)")
+    format_weight: float = _opt(0.0, "weight of the \\boxed{} format reward added to the correctness reward")
+    max_bad_steps: int = _opt(3, "stop after this many consecutive steps skipped for NaN/inf loss or reward")
+    # evaluation
+    eval_data: str = _opt("arithmetic-test", "held-out prompts ('' = none): file or built-in "
+                                             "'arithmetic-test', 'gsm8k-test', 'math500'")
+    eval_every: int = _opt(25, "evaluate every N steps (and at the end; 0 = only at the end)")
+    eval_k: int = _opt(1, "samples per eval question; reports avg@k accuracy")
+    eval_temperature: float = _opt(0.0, "0 = greedy")
+    eval_max_new_tokens: int = _opt(0, "0 = max_new_tokens")
+    eval_limit: int = _opt(256, "at most this many eval questions (0 = all)")
+    # the tiny model's supervised warm start (model='tiny' only)
+    warm_start_steps: int = _opt(150, "tiny model: supervised steps on imperfect demonstrations before RL")
+    warm_start_lr: float = _opt(5e-3, "tiny model: warm-start learning rate")
+    # system
+    seed: int = _opt(0, "seed of model init, data order and sampling")
+    device: str = _opt("auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = _opt("auto", "'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'")
+    backend: str = _opt("auto", "lightrl.kernels backend: auto | triton | torch | reference")
+    liger: bool = _opt(True, "on CUDA, patch the model with liger-kernel's RMSNorm/RoPE/SwiGLU")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward (saves memory)")
+    threads: int = _opt(0, "torch CPU threads (0 = torch's default)")
+    # outputs
+    out_dir: str = _opt("runs", "parent directory of run directories")
+    run_name: str = _opt("", "run directory name ('' = <algo>-<time>)")
+    save_every: int = _opt(50, "checkpoint every N steps (and at the end; 0 = only at the end)")
+    keep_checkpoints: int = _opt(2, "complete checkpoints kept on disk")
+    resume: str = _opt("", "run directory (or checkpoint directory) to continue from")
+    wandb: bool = _opt(False, "also log to Weights & Biases (needs the wandb package)")
+    wandb_project: str = _opt("lightrl", "wandb project")
+    progress: bool = _opt(True, "tqdm progress bars")
+
+    def __post_init__(self):
+        if self.row is None:
+            self.row = {}
+
+    def algo_row(self) -> AlgoRow:
+        """The algorithm row with this config's overrides applied (validated)."""
+        return get_algo(self.algo, **self.row)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+BUILTIN_DATA = ("arithmetic", "arithmetic-test", "gsm8k", "gsm8k-test", "math500")
+
+
+def validate(cfg: Config) -> AlgoRow:
+    """Reject unknown names and impossible combinations before any model is loaded.
+
+    Returns the resolved algorithm row.
+    """
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"--algo {cfg.algo!r} is unknown; known: {', '.join(ALGOS)} (see --list-algos)")
+    row = cfg.algo_row()
+    positive = ["prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "micro_batch",
+                "eval_k", "keep_checkpoints", "max_bad_steps", "max_prompt_tokens"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    for name in ["steps", "warmup_steps", "eval_every", "save_every", "warm_start_steps", "eval_limit",
+                 "eval_max_new_tokens", "threads", "max_refills"]:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {cfg.lr}")
+    if not cfg.temperature > 0:
+        raise ValueError(f"--temperature must be > 0 (it divides the logits in the loss), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.eval_temperature < 0:
+        raise ValueError(f"--eval-temperature must be >= 0 (0 = greedy), got {cfg.eval_temperature}")
+    if not 0 < cfg.gpu_memory_utilization < 1:
+        raise ValueError(f"--gpu-memory-utilization must be in (0, 1), got {cfg.gpu_memory_utilization}")
+    sampled = cfg.group_size * row.sample_factor
+    grouped = row.baseline != "none" or row.scale == "group_std" or row.keep in ("mixed", "drop_all_wrong",
+                                                                                   "drop_all_correct")
+    if sampled == 1 and grouped:
+        raise ValueError(f"--group-size 1 with algo {cfg.algo!r} (baseline={row.baseline}, scale={row.scale}, "
+                         f"keep={row.keep}): a group of one has no baseline, std or mix; use --group-size >= 2")
+    if row.keep == "top_k" and row.top_k > sampled:
+        raise ValueError(f"row top_k={row.top_k} exceeds the sampled group size group_size*sample_factor="
+                         f"{cfg.group_size}*{row.sample_factor}={sampled}; raise --group-size or "
+                         f"--set top_k=<= {sampled}")
+    if cfg.engine not in ("auto", "hf", "vllm"):
+        raise ValueError(f"--engine must be auto, hf or vllm, got {cfg.engine!r}")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+    if cfg.backend not in ("auto", "triton", "torch", "reference"):
+        raise ValueError(f"--backend must be auto, triton, torch or reference, got {cfg.backend!r}")
+    for name in ("data", "eval_data"):
+        value = getattr(cfg, name)
+        if value and value not in BUILTIN_DATA and not os.path.exists(value):
+            raise ValueError(f"--{_flag(name)} {value!r}: no such file and not a built-in set "
+                             f"({', '.join(BUILTIN_DATA)})")
+    if cfg.model != "tiny" and not os.path.isdir(cfg.model) and "/" not in cfg.model:
+        raise ValueError(f"--model {cfg.model!r}: not a directory, not 'tiny' and not an HF id (org/name)")
+    if cfg.resume and not os.path.exists(cfg.resume):
+        raise ValueError(f"--resume {cfg.resume!r} does not exist")
+    return row
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def load_file(path: str) -> dict:
+    """Config values from a TOML (.toml) or YAML (.yaml/.yml) file; a `[row]` table holds row overrides."""
+    if path.endswith(".toml"):
+        import tomllib
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    elif path.endswith((".yaml", ".yml")):
+        import yaml
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    else:
+        raise ValueError(f"--config {path!r}: use a .toml or .yaml file")
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path!r}: expected a table of options at the top level")
+    known = {f.name for f in dataclasses.fields(Config)}
+    for key in values:
+        if key.replace("-", "_") not in known:
+            raise ValueError(f"--config {path!r}: unknown option {key!r}; see python -m lightrl.run --help")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lightrl.run",
+        description="RL from verifiable rewards. With no arguments: the embedded CPU demo (tiny model, "
+                    "arithmetic, grpo). Precedence: defaults < --config file < command line.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="TOML or YAML file of options (a [row] table for row fields)")
+    p.add_argument("--list-algos", action="store_true", help="print the algorithm table and exit")
+    for f in dataclasses.fields(Config):
+        if f.name == "row":
+            p.add_argument("--set", dest="row", action="append", default=argparse.SUPPRESS, metavar="FIELD=VALUE",
+                           help=f.metadata["help"] + f"; fields: {', '.join(_row_fields())} (default: none)")
+            continue
+        kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
+        if isinstance(f.default, bool):
+            p.add_argument("--" + _flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            p.add_argument("--" + _flag(f.name), type=type(f.default), metavar=f.name.upper(), **kw)
+    return p
+
+
+def _row_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(AlgoRow) if f.name != "source"]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Config | None, str | None]:
+    """(config, None), or (None, text to print) for --list-algos."""
+    args = vars(build_parser().parse_args(argv))
+    if args.pop("list_algos"):
+        return None, algos_markdown()
+    values = load_file(args["config"]) if args.get("config") else {}
+    args.pop("config", None)
+    row = dict(values.pop("row", None) or {})
+    for item in args.pop("row", []):
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set eps_high=0.28")
+        key, value = item.split("=", 1)
+        row[key.strip()] = value.strip()
+    unknown = [k for k in row if k not in _row_fields()]
+    if unknown:
+        raise ValueError(f"unknown algorithm row field(s) {unknown}; fields: {', '.join(_row_fields())}")
+    values.update(args)
+    return Config(row=row, **values), None
+
+
+def save_config(cfg: Config, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)

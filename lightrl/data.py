@@ -1,0 +1,144 @@
+"""Prompt data: JSONL / Parquet files and the built-in sets, turned into (question, gold answer) rows.
+
+Built-in sets ship inside the package (lightrl/data/, licenses in lightrl/data/SOURCES.md):
+gsm8k (train), gsm8k-test, math500; 'arithmetic' / 'arithmetic-test' are generated
+for the tiny model (lightrl.tiny).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+FILES = {"gsm8k": "gsm8k_train.jsonl", "gsm8k-test": "gsm8k_test.jsonl", "math500": "math500.jsonl"}
+QUESTION_FIELDS = ("question", "problem", "prompt")
+ANSWER_FIELDS = ("answer", "final_answer", "solution")
+ARITHMETIC_ROWS = 20000
+
+
+class BadRow(ValueError):
+    """A data row that cannot be used; the message names file, line and field."""
+
+
+def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, skip_bad_rows: bool = False,
+              seed: int = 0) -> tuple[list[dict], int]:
+    """Rows {"question": str, "answer": str} of a built-in set or a .jsonl / .parquet file.
+
+    Returns (rows, number of bad rows skipped). Without skip_bad_rows the first bad row
+    raises BadRow naming file, line and field.
+    """
+    if spec in ("arithmetic", "arithmetic-test"):
+        from lightrl.tiny import arithmetic_problems
+        # The test split draws from another seed: fresh samples of the same generator.
+        return arithmetic_problems(ARITHMETIC_ROWS if spec == "arithmetic" else 1000,
+                                   seed=seed + (0 if spec == "arithmetic" else 10_000)), 0
+    path = os.path.join(HERE, FILES[spec]) if spec in FILES else spec
+    if path.endswith(".parquet"):
+        records = _parquet_records(path)
+    elif path.endswith((".jsonl", ".json")):
+        records = _jsonl_records(path)
+    else:
+        raise ValueError(f"{path}: data files must be .jsonl or .parquet")
+    rows, bad = [], 0
+    for line, record in records:
+        try:
+            rows.append(_row(path, line, record, question_field, answer_field))
+        except BadRow:
+            if not skip_bad_rows:
+                raise
+            bad += 1
+    if not rows:
+        raise ValueError(f"{path}: no usable rows ({bad} bad rows skipped)")
+    return rows, bad
+
+
+def _jsonl_records(path: str):
+    with open(path, encoding="utf-8") as f:
+        for i, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                yield i, json.loads(text)
+            except json.JSONDecodeError as e:
+                yield i, BadRow(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})")
+
+
+def _parquet_records(path: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                          "or convert the file to JSONL") from None
+    for i, record in enumerate(pq.read_table(path).to_pylist(), 1):
+        yield i, record
+
+
+def _row(path: str, line: int, record, question_field: str, answer_field: str) -> dict:
+    where = f"{path}:{line}"
+    if isinstance(record, BadRow):
+        raise record
+    if not isinstance(record, dict):
+        raise BadRow(f"{where}: expected a JSON object, got {type(record).__name__}")
+    q_key = question_field or next((k for k in QUESTION_FIELDS if k in record), QUESTION_FIELDS[0])
+    a_key = answer_field or next((k for k in ANSWER_FIELDS if k in record), ANSWER_FIELDS[0])
+    for key, kind in ((q_key, "question"), (a_key, "answer")):
+        if key not in record:
+            raise BadRow(f"{where}: missing {kind} field {key!r} (fields: {', '.join(record)}); "
+                         f"set --{kind}-field")
+    question, answer = record[q_key], gold_answer(record[a_key])
+    if not isinstance(question, str) or not question.strip():
+        raise BadRow(f"{where}: field {q_key!r} is an empty or non-text question")
+    if not answer:
+        raise BadRow(f"{where}: field {a_key!r} holds no answer")
+    return {"question": question.strip(), "answer": answer}
+
+
+def gold_answer(value) -> str:
+    """The gold answer as text: GSM8K's text after '####', lists joined with ', '."""
+    if isinstance(value, list):
+        value = ", ".join(str(v) for v in value)
+    text = str(value).strip() if value is not None else ""
+    if "####" in text:
+        text = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text
+
+
+def prompt_text(tokenizer, question: str, instruction: str) -> str:
+    """The prompt string: the chat template when the tokenizer has one, else question + instruction."""
+    content = f"{question}\n{instruction}" if instruction else question
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+    return content + "\n" if instruction else content
+
+
+class PromptSampler:
+    """Endless shuffled passes over the rows; its state (epoch, position) makes --resume exact."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        """The next k row indices."""
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._permutation()

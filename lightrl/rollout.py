@@ -1,0 +1,122 @@
+"""Rollout engines: prompts (token ids) -> n sampled completions each (token ids).
+
+hf   transformers `generate` on the policy model itself (any device; the default
+     without CUDA). Nothing to sync: it samples from the weights being trained.
+vllm vLLM colocated on the training GPU (optional extra `pip install lightrl[vllm]`).
+     Sleep mode frees its memory while the trainer updates; after every optimizer
+     step the new weights are loaded into it. This path needs CUDA and is not
+     exercised by the CPU test suite.
+
+Both return completions as lists of token ids, ending at (and including) the EOS
+token when one was produced, in prompt-major order: prompt 0's n samples, then
+prompt 1's, and so on.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+
+class HFEngine:
+    """Sampling with `model.generate` on left-padded batches of at most `batch_size` sequences."""
+
+    def __init__(self, model, tokenizer, batch_size: int, progress: bool = True):
+        self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
+        """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat."""
+        flat = [p for p in prompts for _ in range(n)]
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        # CPU generator state is global in transformers' sampling; seed it per call for exact resumes.
+        torch.manual_seed(seed)
+        out = []
+        for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
+            chunk = flat[start:start + self.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, p in enumerate(chunk):
+                ids[i, width - len(p):] = torch.tensor(p)
+                attn[i, width - len(p):] = 1
+            sample = temperature > 0
+            gen = self.model.generate(
+                input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
+                do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
+                top_k=0 if sample else None, pad_token_id=pad, eos_token_id=eos)
+            for row in gen[:, width:].tolist():
+                out.append(_cut_at_eos(row, eos))
+        self.model.train(was_training)
+        return out
+
+    def sync_weights(self, model) -> None:
+        """Nothing to do: generation runs on the trained model."""
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+def _cut_at_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
+
+
+class VLLMEngine:
+    """vLLM on the same GPU as the trainer (colocated).
+
+    The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so new weights can be
+    handed to its model object directly; `gpu_memory_utilization` bounds its share of the GPU.
+    With sleep mode, level-1 sleep drops the KV cache and moves its weights to CPU during updates.
+    """
+
+    def __init__(self, model_path: str, tokenizer, *, dtype: str, gpu_memory_utilization: float,
+                 max_model_len: int, seed: int, sleep: bool):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ImportError("--engine vllm needs vLLM: pip install 'lightrl[vllm]' (CUDA only), "
+                              "or use --engine hf") from None
+        self.tokenizer, self.use_sleep = tokenizer, sleep
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       enable_sleep_mode=sleep, enable_prefix_caching=True)
+        self.asleep = False
+
+    def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        self.wake()
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                max_tokens=max_new_tokens, seed=seed)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        eos = self.tokenizer.eos_token_id
+        return [_cut_at_eos(list(c.token_ids), eos) for o in outputs for c in o.outputs]
+
+    def sync_weights(self, model) -> None:
+        """Load the trainer's current weights into the engine (vLLM's model.load_weights)."""
+        self.wake()
+        params = ((name, p.detach()) for name, p in model.state_dict().items())
+        runner_model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        runner_model.load_weights(params)
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        if self.use_sleep and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False

@@ -1,0 +1,110 @@
+"""The embedded default: a tiny causal LM, a character tokenizer and an arithmetic task.
+
+Everything here is built locally with random weights, so `python -m lightrl.run`
+works on a CPU with nothing downloaded. The task is small integer arithmetic whose
+answers the math verifier checks, written as `\\boxed{N}`.
+"""
+import random
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+BOXED = "\\boxed{"
+# "\boxed{" is one token so a completion is just a few tokens: \boxed{ 1 7 } <eos>.
+CHARS = list("0123456789+-*=?() }")
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over digits, operators and the `\\boxed{` marker."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + [BOXED] + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_tokens([BOXED])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        padding_side="left",
+    )
+    return fast
+
+
+def build_model(tokenizer, seed: int = 0, hidden: int = 96, layers: int = 2) -> LlamaForCausalLM:
+    """A randomly initialised Llama with tied embeddings, a few hundred thousand parameters."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=64, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def arithmetic_problems(n: int, seed: int, max_operand: int = 20) -> list[dict]:
+    """`n` problems `a+b=` / `a-b=` / `a*b=` with their integer answers, as data rows."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randrange(max_operand), rng.randrange(max_operand)
+        op = rng.choice("+-")
+        answer = a + b if op == "+" else a - b
+        rows.append({"question": f"{a}{op}{b}=", "answer": str(answer)})
+    return rows
+
+
+def demonstration(row: dict) -> str:
+    """The completion the warm start imitates."""
+    return f"{BOXED}{row['answer']}}}"
+
+
+def imperfect_demonstration(row: dict, rng: random.Random, correct_frac: float) -> str:
+    """A teacher that is right `correct_frac` of the time and otherwise off by 1 to 3.
+
+    Imitating it leaves the policy with most of its mass near, not on, the answer:
+    a low starting reward that RL with the verifier can sharpen, which imitation cannot.
+    """
+    if rng.random() < correct_frac:
+        return demonstration(row)
+    return demonstration({"answer": str(int(row["answer"]) + rng.choice([-3, -2, -1, 1, 2, 3]))})
+
+
+def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, seed: int, batch_size: int = 64,
+               correct_frac: float = 0.3, progress: bool = True) -> None:
+    """Supervised steps on imperfect demonstrations: -mean log-prob of completion tokens.
+
+    Log-probs come from lightrl.kernels.linear_logprobs on the completion positions' hidden
+    states, like the RL loss, so no logits tensor is built here either.
+    """
+    from tqdm.auto import tqdm
+
+    from lightrl.kernels import linear_logprobs
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    weight = model.get_output_embeddings().weight
+    model.train()
+    for _ in tqdm(range(steps), desc="warm start", leave=False, disable=not progress):
+        batch = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
+        seqs = [(tokenizer(r["question"])["input_ids"],
+                 tokenizer(imperfect_demonstration(r, rng, correct_frac))["input_ids"] + [tokenizer.eos_token_id])
+                for r in batch]
+        width = max(len(p) + len(c) for p, c in seqs)
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        rows_i, cols, targets = [], [], []
+        for b, (p, c) in enumerate(seqs):
+            ids[b, :len(p) + len(c)] = torch.tensor(p + c)
+            attn[b, :len(p) + len(c)] = 1
+            rows_i += [b] * len(c)
+            cols += range(len(p) - 1, len(p) + len(c) - 1)
+            targets += c
+        device = weight.device
+        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
+        logp = linear_logprobs(hidden[torch.tensor(rows_i), torch.tensor(cols)], weight,
+                               torch.tensor(targets, device=device))
+        loss = -logp.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
