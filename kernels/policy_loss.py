@@ -36,8 +36,11 @@ class _PolicyLoss(torch.autograd.Function):
         return None, grad_logp * grad_loss, g_ent, None, None, None, None, None, None, None, None
 
 
-def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy, loss_constant):
-    """Validate shapes / dtypes / row needs. Returns (num_seqs, per_token_advantages: bool)."""
+def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy, loss_constant,
+                 entropy_from_caller=True):
+    """Validate shapes / dtypes / row needs. Returns (num_seqs, per_token_advantages: bool).
+
+    entropy_from_caller=False: the op computes entropy itself (fused_policy_loss)."""
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("seq_index", seq_index),
                     ("entropy", entropy)):
         if t is not None and t.shape != (n,):
@@ -64,7 +67,7 @@ def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entrop
     if row.kl_in_loss and ref_logp is None:
         raise ValueError(f"row has kl_coef={row.kl_coef} with KL in the loss: pass ref_logp, "
                          "or override kl_coef=0")
-    if row.entropy_coef != 0 and entropy is None:
+    if row.entropy_coef != 0 and entropy is None and entropy_from_caller:
         raise ValueError(f"row has entropy_coef={row.entropy_coef}: pass entropy [N]")
     if loss_constant is not None and not loss_constant > 0:
         raise ValueError(f"loss_constant must be > 0 (the max completion length), got {loss_constant}")
