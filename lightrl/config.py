@@ -47,8 +47,8 @@ class Config:
     mask_truncated: bool = _opt(False, "completions that hit max_new_tokens get no gradient")
     max_refills: int = _opt(4, "refill rows: at most this many extra rounds of prompts per step")
     # optimisation
-    steps: int = _opt(100, "optimizer steps of RL")
-    lr: float = _opt(2e-3, "AdamW learning rate (the default suits the tiny model; use ~1e-6 for real LLMs)")
+    steps: int = _opt(80, "optimizer steps of RL")
+    lr: float = _opt(5e-4, "AdamW learning rate (the default suits the tiny model; use ~1e-6 for real LLMs)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     warmup_steps: int = _opt(0, "linear learning-rate warmup")
     grad_clip: float = _opt(1.0, "max gradient norm (0 = off)")
@@ -59,13 +59,13 @@ class Config:
     # evaluation
     eval_data: str = _opt("arithmetic-test", "held-out prompts ('' = none): file or built-in "
                                              "'arithmetic-test', 'gsm8k-test', 'math500'")
-    eval_every: int = _opt(25, "evaluate every N steps (and at the end; 0 = only at the end)")
+    eval_every: int = _opt(20, "evaluate every N steps (and at the end; 0 = only at the end)")
     eval_k: int = _opt(1, "samples per eval question; reports avg@k accuracy")
     eval_temperature: float = _opt(0.0, "0 = greedy")
     eval_max_new_tokens: int = _opt(0, "0 = max_new_tokens")
     eval_limit: int = _opt(256, "at most this many eval questions (0 = all)")
     # the tiny model's supervised warm start (model='tiny' only)
-    warm_start_steps: int = _opt(150, "tiny model: supervised steps on imperfect demonstrations before RL")
+    warm_start_steps: int = _opt(500, "tiny model: supervised steps on imperfect demonstrations before RL")
     warm_start_lr: float = _opt(5e-3, "tiny model: warm-start learning rate")
     # system
     seed: int = _opt(0, "seed of model init, data order and sampling")
@@ -74,7 +74,7 @@ class Config:
     backend: str = _opt("auto", "lightrl.kernels backend: auto | triton | torch | reference")
     liger: bool = _opt(True, "on CUDA, patch the model with liger-kernel's RMSNorm/RoPE/SwiGLU")
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward (saves memory)")
-    threads: int = _opt(0, "torch CPU threads (0 = torch's default)")
+    threads: int = _opt(1, "torch CPU threads (0 = torch's default; 1 is fastest for the tiny model)")
     # outputs
     out_dir: str = _opt("runs", "parent directory of run directories")
     run_name: str = _opt("", "run directory name ('' = <algo>-<time>)")

@@ -43,15 +43,13 @@ def build_model(tokenizer, seed: int = 0, hidden: int = 96, layers: int = 2) -> 
     return LlamaForCausalLM(config)
 
 
-def arithmetic_problems(n: int, seed: int, max_operand: int = 20) -> list[dict]:
-    """`n` problems `a+b=` / `a-b=` / `a*b=` with their integer answers, as data rows."""
+def arithmetic_problems(n: int, seed: int, max_operand: int = 10) -> list[dict]:
+    """`n` problems `a+b=` with 0 <= a, b < max_operand and their answers, as data rows."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         a, b = rng.randrange(max_operand), rng.randrange(max_operand)
-        op = rng.choice("+-")
-        answer = a + b if op == "+" else a - b
-        rows.append({"question": f"{a}{op}{b}=", "answer": str(answer)})
+        rows.append({"question": f"{a}+{b}=", "answer": str(a + b)})
     return rows
 
 
@@ -61,18 +59,17 @@ def demonstration(row: dict) -> str:
 
 
 def imperfect_demonstration(row: dict, rng: random.Random, correct_frac: float) -> str:
-    """A teacher that is right `correct_frac` of the time and otherwise off by 1 to 3.
+    """A sloppy teacher: right answer, but `1 - correct_frac` of the time it forgets to close the box.
 
-    Imitating it leaves the policy with most of its mass near, not on, the answer:
-    a low starting reward that RL with the verifier can sharpen, which imitation cannot.
+    "\\boxed{7" is not an answer the verifier accepts. Imitation copies the sloppiness
+    (a low starting reward); RL with the verifier removes it and sharpens the sums.
     """
-    if rng.random() < correct_frac:
-        return demonstration(row)
-    return demonstration({"answer": str(int(row["answer"]) + rng.choice([-3, -2, -1, 1, 2, 3]))})
+    text = demonstration(row)
+    return text if rng.random() < correct_frac else text[:-1]
 
 
 def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, seed: int, batch_size: int = 64,
-               correct_frac: float = 0.3, progress: bool = True) -> None:
+               correct_frac: float = 0.2, progress: bool = True) -> None:
     """Supervised steps on imperfect demonstrations: -mean log-prob of completion tokens.
 
     Log-probs come from lightrl.kernels.linear_logprobs on the completion positions' hidden

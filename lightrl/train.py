@@ -49,6 +49,9 @@ def train(cfg: Config) -> str:
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
 
     # ---- run directory (new, or the one being resumed) -------------------------------------
     ckpt = checkpoint.find(cfg.resume) if cfg.resume else None
@@ -243,7 +246,8 @@ def train(cfg: Config) -> str:
                 optimizer.zero_grad(set_to_none=True)  # weights and optimizer state stay untouched
                 break
             optimizer.step()
-            m.update(loss=loss_total, grad_norm=grad_norm.item())
+            if update == 0:  # like the loss metrics: the first update, where the batch is on-policy
+                m.update(loss=loss_total, grad_norm=grad_norm.item())
         if skip_reason is None:
             scheduler.step()
             engine.sync_weights(model)

@@ -1,0 +1,172 @@
+"""The training loop on the tiny model: every algorithm row, exact resume, checkpoints, bad steps, the demo."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lightrl.train
+from lightrl import tiny
+from lightrl.algos import ALGOS
+from lightrl.config import Config
+from lightrl.logs import read_metrics
+from lightrl.train import train
+
+# Metrics that depend only on seeds and arithmetic (not on wall-clock time).
+DETERMINISTIC = ["reward_mean", "accuracy", "loss", "grad_norm", "kl_mean", "entropy", "completion_len_mean",
+                 "kept_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "eval_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def warm_model(tmp_path_factory):
+    """A tiny model after a short clean warm start: some rewards are 1, so every row has a signal."""
+    path = str(tmp_path_factory.mktemp("warm"))
+    torch.set_num_threads(1)
+    tok = tiny.build_tokenizer()
+    model = tiny.build_model(tok, seed=0)
+    tiny.warm_start(model, tok, tiny.arithmetic_problems(2000, seed=1), steps=200, lr=5e-3, seed=0,
+                    correct_frac=0.7, progress=False)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def small(tmp_path, name, **kw) -> Config:
+    base = dict(data="arithmetic", eval_data="", instruction="", steps=2, prompts_per_step=4, group_size=4,
+                max_new_tokens=6, warm_start_steps=0, out_dir=str(tmp_path), run_name=name, progress=False,
+                save_every=0, threads=1, micro_batch=8)
+    base.update(kw)
+    return Config(**base)
+
+
+def finite_numbers(row: dict) -> bool:
+    return all(math.isfinite(v) for v in row.values() if isinstance(v, (int, float)))
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_every_algo_runs_two_steps(algo, warm_model, tmp_path):
+    # Two updates per batch: rows with a ratio then use old log-probs and can clip.
+    run = train(small(tmp_path, algo, algo=algo, model=warm_model, updates_per_batch=2))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(finite_numbers(r) for r in rows)
+    updated = [r for r in rows if not r["skipped"]]
+    assert updated and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in updated)
+    assert all(0 <= r["reward_mean"] <= 1 and r["samples"] >= 4 * 4 for r in rows)
+
+
+def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path):
+    run = train(small(tmp_path, "klr", algo="grpo", model=warm_model,
+                      row={"kl_in_reward": "true", "entropy_coef": "0.01"}))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert all(finite_numbers(r) and not r["skipped"] for r in rows)
+    assert rows[0]["entropy_loss_term"] > 0
+
+
+def test_resume_continues_exactly(tmp_path):
+    kw = dict(model="tiny", warm_start_steps=20, steps=4, save_every=2, eval_data="arithmetic-test", eval_limit=8,
+              eval_every=2, algo="grpo")
+    full = train(small(tmp_path, "full", **kw))
+    # The interrupted run stops after step 2 (its checkpoint), then --resume carries on to step 4.
+    part = train(small(tmp_path, "part", **{**kw, "steps": 2}))
+    train(small(tmp_path, "ignored", **{**kw, "resume": part}))
+    a = read_metrics(os.path.join(full, "metrics.jsonl"))
+    b = read_metrics(os.path.join(part, "metrics.jsonl"))
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for key in DETERMINISTIC:
+            assert ra.get(key) == rb.get(key), (ra["step"], key)
+    assert not os.path.exists(os.path.join(tmp_path, "ignored"))
+    fa = load_file(os.path.join(full, "checkpoints", "step_000004", "model.safetensors"))
+    fb = load_file(os.path.join(part, "checkpoints", "step_000004", "model.safetensors"))
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_checkpoint_loads_with_transformers_and_generates(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightrl.data import load_rows
+    from lightrl.rewards.math import score_batch
+    from lightrl.rollout import HFEngine
+    run = train(small(tmp_path, "ck", model="tiny", warm_start_steps=60, steps=2, eval_data="arithmetic-test",
+                      eval_limit=16))
+    ckpt = os.path.join(run, "checkpoints", "step_000002")
+    with open(os.path.join(run, "checkpoints", "latest")) as f:
+        assert f.read().strip() == "step_000002"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    rows = load_rows("arithmetic-test")[0][:16]
+    comps = HFEngine(model, tok, batch_size=16, progress=False).generate(
+        [tok(r["question"])["input_ids"] for r in rows], 1, temperature=0.0, top_p=1.0, max_new_tokens=6, seed=0)
+    texts = tok.batch_decode(comps, skip_special_tokens=True)
+    assert all(len(c) >= 1 for c in comps) and any(t.startswith("\\boxed{") for t in texts)
+    # Greedy accuracy of the reloaded model equals the run's final evaluation of the same prompts.
+    acc = sum(score_batch([r["answer"] for r in rows], texts)) / len(rows)
+    assert acc == read_metrics(os.path.join(run, "metrics.jsonl"))[-1]["eval_accuracy"]
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+    assert state["step"] == 2 and state["optimizer"]["state"] and "sampler" in state and "rng" in state
+
+
+def test_nan_reward_skips_the_optimizer_step(warm_model, tmp_path, monkeypatch):
+    real = lightrl.train._rewards
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        rewards, scores = real(*args)
+        if calls["n"] == 2:
+            rewards[0] = float("nan")
+        return rewards, scores
+    monkeypatch.setattr(lightrl.train, "_rewards", poisoned)
+    run = train(small(tmp_path, "nan", model=warm_model, steps=3, save_every=1, keep_checkpoints=5))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert [r["skipped"] for r in rows] == [0, 1, 0]
+    w1 = load_file(os.path.join(run, "checkpoints", "step_000001", "model.safetensors"))
+    w2 = load_file(os.path.join(run, "checkpoints", "step_000002", "model.safetensors"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    s1 = torch.load(os.path.join(run, "checkpoints", "step_000001", "trainer_state.pt"), weights_only=False)
+    s2 = torch.load(os.path.join(run, "checkpoints", "step_000002", "trainer_state.pt"), weights_only=False)
+    for k, v in s1["optimizer"]["state"].items():
+        assert all(torch.equal(v[n], s2["optimizer"]["state"][k][n]) for n in v)
+
+
+def test_consecutive_bad_steps_stop_the_run(warm_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(lightrl.train, "_rewards", lambda comps, *a: ([float("inf")] * len(comps), [0.0] * len(comps)))
+    with pytest.raises(RuntimeError, match="2 consecutive steps"):
+        train(small(tmp_path, "inf", model=warm_model, steps=5, max_bad_steps=2))
+
+
+def test_every_group_filtered_is_skipped_not_divided_by_zero(warm_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lightrl.train, "_rewards", lambda comps, *a: ([0.0] * len(comps), [0.0] * len(comps)))
+    run = train(small(tmp_path, "raft", algo="raft", model=warm_model))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert [r["skipped"] for r in rows] == [1, 1] and all(finite_numbers(r) for r in rows)
+    assert "every group filtered" in capsys.readouterr().out
+    run = train(small(tmp_path, "dapo", algo="dapo", model=warm_model, max_refills=2))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert [r["refill_rounds"] for r in rows] == [3, 3] and [r["skipped"] for r in rows] == [1, 1]
+
+
+@pytest.mark.slow
+def test_embedded_default_run_raises_the_reward(tmp_path):
+    """`python -m lightrl.run` with no arguments: warm start, then grpo lifts the reward from <= 0.3 to >= 0.8."""
+    out = subprocess.run([sys.executable, "-m", "lightrl.run", "--no-progress"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dirs = [os.path.join(tmp_path, "runs", d) for d in os.listdir(os.path.join(tmp_path, "runs"))]
+    assert len(run_dirs) == 1 and os.path.abspath(run_dirs[0]) in out.stdout
+    rows = read_metrics(os.path.join(run_dirs[0], "metrics.jsonl"))
+    start = sum(r["reward_mean"] for r in rows[:3]) / 3
+    end = sum(r["reward_mean"] for r in rows[-10:]) / 10
+    print(f"embedded default: reward {start:.3f} (first 3 steps) -> {end:.3f} (last 10 steps)")
+    assert start <= 0.3 and end >= 0.8
+    assert rows[-1]["eval_accuracy"] >= 0.8
+    for name in ("config.json", "curves.png", "checkpoints/latest"):
+        assert os.path.exists(os.path.join(run_dirs[0], name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dirs[0]))
+    with open(os.path.join(run_dirs[0], "config.json")) as f:
+        assert json.load(f)["algo"] == "grpo"
