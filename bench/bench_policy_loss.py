@@ -3,7 +3,8 @@
 Methods (all compute the same loss of one algorithm row and d hidden, d weight):
   three_gemm    the physical limit: logits, d hidden and d weight GEMMs alone (torch.mm)
   lightrl       fused_policy_loss, backend "auto" (torch on CPU: 3 GEMMs for token-level rows)
-  lightrl_4gemm fused_policy_loss's generic path on the same backend (forward pass, then backward pass)
+  lightrl_torch fused_policy_loss, backend "torch" (CUDA only: on CPU it is the "lightrl" row)
+  lightrl_4gemm fused_policy_loss's generic path on the auto backend (forward pass, then backward pass)
   eager         materialised logits, log_softmax, the reference loss, autograd
   liger_chunked liger-kernel's LigerFusedLinearGRPOLoss (compiled on CUDA only)
   liger_triton  liger-kernel's Triton grpo_loss on materialised logits (CUDA only)
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = ["three_gemm", "lightrl", "lightrl_4gemm", "eager", "liger_chunked", "liger_triton"]
+METHODS = ["three_gemm", "lightrl", "lightrl_torch", "lightrl_4gemm", "eager", "liger_chunked", "liger_triton"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -101,6 +102,16 @@ def _step_fn(method, x, device):
             clear()
             loss, _ = fused_policy_loss(hidden, weight, x["targets"], x["old"], x["ref"], x["adv"], x["mask"],
                                         x["seq"], row, loss_constant=t)
+            loss.backward()
+        return step
+    if method == "lightrl_torch":
+        if device.type != "cuda":
+            return None
+
+        def step():
+            clear()
+            loss, _ = fused_policy_loss(hidden, weight, x["targets"], x["old"], x["ref"], x["adv"], x["mask"],
+                                        x["seq"], row, loss_constant=t, backend="torch")
             loss.backward()
         return step
     if method == "lightrl_4gemm":
@@ -183,7 +194,7 @@ def _worker(args):
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     step = _step_fn(args.worker, x, device)
     if step is None:
-        print(json.dumps({"skipped": "needs CUDA"}))
+        print(json.dumps({"skipped": "CUDA only"}))
         return
     step()
     _sync(device)
