@@ -6,9 +6,9 @@ fields of its row (lightrl.algos.AlgoRow):
                                until enough groups survive the filter (DAPO dynamic sampling);
   keep / baseline / scale      group_advantages turns rewards into per-sequence advantages and
                                a keep mask; dropped sequences never reach the update;
-  ratio (needs_old_logp)       old log-probs are computed before the first update, and only when
-                               they can differ from the current ones (several updates per batch,
-                               or a separate rollout engine); otherwise the loss is on-policy;
+  ratio (needs_old_logp)       old log-probs (of the weights that sampled the batch) are computed
+                               before the first update when they can differ from the current ones
+                               (several updates per batch); otherwise the loss is on-policy;
   kl_coef (needs_ref)          a frozen reference copy gives reference log-probs; kl_in_reward
                                moves the KL into the reward before advantages;
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
@@ -119,7 +119,9 @@ def train(cfg: Config) -> str:
     weight = model.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
     group_n = cfg.group_size * row.sample_factor
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
-    use_old_logp = row.needs_old_logp and (cfg.updates_per_batch > 1 or engine_name != "hf")
+    # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
+    # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
+    use_old_logp = row.needs_old_logp and cfg.updates_per_batch > 1
 
     def forward_hidden(net, batch):
         """Final (post-norm) hidden states [N, D] at the positions that predict completion tokens."""
@@ -195,6 +197,8 @@ def train(cfg: Config) -> str:
         m["kept_frac"] = keep.float().mean().item() if keep.numel() else 0.0
         if skip_reason is None and not keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
+        if skip_reason is None and not any(batch[i]["counts"] and batch[i]["comp"] for i in range(len(keep)) if keep[i]):
+            skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
         seqs = [i for i in range(len(keep)) if keep[i]]
         micro = [_micro_batch(batch, seqs[i:i + cfg.micro_batch], device) for i in range(0, len(seqs), cfg.micro_batch)]
         for mb in micro:

@@ -170,3 +170,13 @@ def test_embedded_default_run_raises_the_reward(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dirs[0]))
     with open(os.path.join(run_dirs[0], "config.json")) as f:
         assert json.load(f)["algo"] == "grpo"
+
+
+def test_mask_truncated_leaves_nothing_to_train_and_says_so(warm_model, tmp_path, capsys):
+    # Two new tokens cannot hold "\boxed{N}<eos>": every completion is truncated.
+    run = train(small(tmp_path, "trunc", model=warm_model, max_new_tokens=2, mask_truncated=True))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert [r["truncated_frac"] for r in rows] == [1.0, 1.0] and [r["skipped"] for r in rows] == [1, 1]
+    assert "no completion token to train on" in capsys.readouterr().out
+    run = train(small(tmp_path, "trunc-kept", model=warm_model, max_new_tokens=2))
+    assert [r["skipped"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [0, 0]
