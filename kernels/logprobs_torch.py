@@ -10,9 +10,9 @@ Notation shared with logprobs_triton.py (T = temperature, W = weight):
     logp = z_target - lse
     H = -sum_j p_j log p_j = lse - sum_j p_j z_j
 """
-import torch
-
 import math
+
+import torch
 
 IGNORE_INDEX = -100
 LOG2E = 1.0 / math.log(2.0)
@@ -33,8 +33,10 @@ def _as_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-# Both functions work on base-2 logits y = z * log2(e) (the factor rides on the
-# hidden chunk, so it is free): on CPU exp2 runs about twice as fast as exp.
+# Both functions work on base-2 logits y = z * log2(e) (exp2 runs about twice as
+# fast as exp on CPU) and keep the per-chunk work to a few large ops: every
+# per-row scale is applied once to [N, D] or [N] tensors outside the loop. On a
+# loaded machine each parallel op can wait for a time slice, so op count matters.
 
 def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: bool):
     """Chunked forward. hidden [N, D], weight [V, D] (same dtype), targets [N] int64.
@@ -47,34 +49,33 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     """
     n, v = hidden.shape[0], weight.shape[0]
     w = _as_fp32(weight)
-    scale = LOG2E / temperature
-    lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    entropy = torch.empty(n, dtype=torch.float32, device=hidden.device) if want_entropy else None
+    h_all = _as_fp32(hidden) * (LOG2E / temperature)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    row_max, row_sum, row_pu = torch.empty(n, 1, **f32), torch.empty(n, **f32), torch.empty(n, 1, 1, **f32)
     rows = _chunk_rows(n, v)
-    y_buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device)
-    p_buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device) if want_entropy else None
+    y_buf = torch.empty(rows, v, **f32)
+    p_buf = torch.empty(rows, v, **f32) if want_entropy else None
     for s in range(0, n, rows):
         e = min(s + rows, n)
-        y = y_buf[: e - s]
-        torch.mm(_as_fp32(hidden[s:e]) * scale, w.t(), out=y)
-        m = y.amax(dim=1, keepdim=True)
-        y.sub_(m)  # y - max <= 0: exp2 cannot overflow
+        y = torch.mm(h_all[s:e], w.t(), out=y_buf[: e - s])
+        torch.amax(y, dim=1, keepdim=True, out=row_max[s:e])
+        y.sub_(row_max[s:e])  # u = y - max <= 0: exp2 cannot overflow
         if want_entropy:
             p = torch.exp2(y, out=p_buf[: e - s])
-            sum_p = p.sum(dim=1)
-            # H = ln(sum 2^u) - ln2 * sum(2^u u) / sum(2^u) with u = y - max; the
-            # batched dot avoids a [chunk, V] temporary.
-            pu = torch.bmm(p[:, None, :], y[:, :, None]).view(-1)
-            entropy[s:e] = sum_p.log() - pu / sum_p * math.log(2.0)
+            torch.sum(p, dim=1, out=row_sum[s:e])
+            # sum 2^u u as a batched dot: no [chunk, V] temporary
+            torch.bmm(p[:, None, :], y[:, :, None], out=row_pu[s:e])
         else:
-            sum_p = y.exp2_().sum(dim=1)
-        lse[s:e] = (m.squeeze(1) + sum_p.log2()) / LOG2E
+            torch.sum(y.exp2_(), dim=1, out=row_sum[s:e])
+    lse = (row_max.squeeze(1) + row_sum.log2()) / LOG2E
     valid = targets != IGNORE_INDEX
     safe_t = torch.where(valid, targets, 0)
-    z_target = (_as_fp32(hidden) * w[safe_t]).sum(dim=1) / temperature
+    z_target = (h_all * w[safe_t]).sum(dim=1) / LOG2E
     logp = torch.where(valid, z_target - lse, 0.0)
+    entropy = None
     if want_entropy:
-        entropy = torch.where(valid, entropy, 0.0)
+        # H = ln(sum 2^u) - ln2 * sum(2^u u) / sum(2^u)
+        entropy = torch.where(valid, row_sum.log() - row_pu.view(-1) / row_sum / LOG2E, 0.0)
     return logp, entropy, lse
 
 
@@ -85,45 +86,56 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     g = grad_logp, e = grad_entropy:
         d logp / d z_j = onehot(target)_j - p_j
         d H / d z_j    = -p_j (z_j - sum_k p_k z_k) = -p_j (log p_j + H)
-        dL/dz_j = g onehot_j - c_j,   c_j = p_j (g + e (log p_j + H))
+        dL/dz_j = g onehot_j - r c_j,  with (r, c) = (g, p) without the entropy
+                  term, (1, p (g + e (log p + H))) with it
     and since z carries the 1/T factor:
         grad_hidden = (dL/dz) @ W / T,   grad_weight = (dL/dz).T @ hidden / T.
-    Rows whose target is -100 contribute nothing. lse [N] f32 comes from
-    logprobs_forward; entropy [N] f32 is needed only when grad_entropy is given.
+    The row factor r rides on the [N, D] operands; the one-hot part touches one
+    row of W per token and is added outside the chunk loop. Rows whose target is
+    -100 contribute nothing. lse [N] f32 comes from logprobs_forward; entropy
+    [N] f32 is needed only when grad_entropy is given.
     Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype).
     """
     n, v = hidden.shape[0], weight.shape[0]
     w = _as_fp32(weight)
+    h32 = _as_fp32(hidden)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
     valid = targets != IGNORE_INDEX
-    g = torch.where(valid, grad_logp.float(), 0.0)
-    e = torch.where(valid, grad_entropy.float(), 0.0) if grad_entropy is not None else None
     safe_t = torch.where(valid, targets, 0)
-    h_all = _as_fp32(hidden) / temperature
-    # The one-hot part of dL/dz touches one column per row: apply it directly.
-    grad_hidden = (g / temperature)[:, None] * w[safe_t]
-    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-    grad_weight.index_add_(0, safe_t, g[:, None] * h_all)
+    g = torch.where(valid, grad_logp.float(), 0.0)
+    with_entropy = grad_entropy is not None
+    if with_entropy:
+        e = torch.where(valid, grad_entropy.float(), 0.0)
+        coef_b, coef_a = (g + e * entropy)[:, None], (e / LOG2E)[:, None]  # c / p = b + a * log2 p
+        r = torch.ones_like(g)
+    else:
+        r = g
+    neg_r = (-r / temperature)[:, None]
+    h_r = h32 * neg_r  # dW operand with the row factor and the sign
+    # The recomputed logits must round exactly like the forward's (same scaled
+    # operand, same chunks): with |z| ~ 1e3 a different rounding order alone
+    # shifts log p by ~1e-4.
+    h_all = h32 * (LOG2E / temperature)
+    lse2 = (lse * LOG2E)[:, None]
+    grad_hidden = torch.empty(n, w.shape[1], **f32)
+    grad_weight = torch.zeros(weight.shape, **f32)
     rows = _chunk_rows(n, v)
-    y_buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device)
-    p_buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device) if e is not None else None
-    dh_buf = torch.empty(rows, w.shape[1], dtype=torch.float32, device=hidden.device)
+    y_buf = torch.empty(rows, v, **f32)
+    p_buf = torch.empty(rows, v, **f32) if with_entropy else None
     for s in range(0, n, rows):
         end = min(s + rows, n)
-        h = h_all[s:end]
-        y = y_buf[: end - s]
-        torch.mm(h * LOG2E, w.t(), out=y)
-        y.sub_((lse[s:end] * LOG2E)[:, None])  # log2 p
-        if e is None:
-            # c = g p: the row factor g is applied to the [chunk, D] GEMM operands instead.
-            c, row = y.exp2_(), g[s:end, None]
+        y = torch.mm(h_all[s:end], w.t(), out=y_buf[: end - s])
+        y.sub_(lse2[s:end])  # log2 p
+        if with_entropy:
+            c = torch.exp2(y, out=p_buf[: end - s])
+            c.mul_(torch.addcmul(coef_b[s:end], y, coef_a[s:end], out=y))
         else:
-            p = torch.exp2(y, out=p_buf[: end - s])
-            # g + e (ln2 * log2 p + H) in one fused pass, then times p
-            coef = torch.addcmul((g[s:end] + e[s:end] * entropy[s:end])[:, None], y,
-                                 (e[s:end] * math.log(2.0))[:, None], out=y)
-            c, row = p.mul_(coef), torch.ones_like(g[s:end, None])
-        grad_hidden[s:end] -= torch.mm(c, w, out=dh_buf[: end - s]) * (row / temperature)
-        grad_weight.addmm_(c.t(), h * row, alpha=-1.0)
+            c = y.exp2_()
+        torch.mm(c, w, out=grad_hidden[s:end])
+        grad_weight.addmm_(c.t(), h_r[s:end])
+    del y_buf, p_buf, h_all, h_r  # the epilogue's temporaries need not stack on top of them
+    grad_hidden.mul_(neg_r).add_(w[safe_t] * (g / temperature)[:, None])
+    grad_weight.index_add_(0, safe_t, h32 * (g / temperature)[:, None])
     return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype)
 
 
