@@ -40,7 +40,8 @@ class Config:
     vllm_sleep: bool = _opt(True, "vllm: release the engine's GPU memory (sleep) during each update")
     prompts_per_step: int = _opt(16, "prompts per optimizer step (each sampled group_size times)")
     group_size: int = _opt(8, "completions per prompt (the row's sample_factor multiplies it)")
-    temperature: float = _opt(1.0, "sampling temperature of rollouts (also used in the loss' softmax)")
+    temperature: float = _opt(0.7, "sampling temperature of rollouts, also used in the loss' softmax "
+                                   "(0.7 suits the demo; 1.0 is usual for LLMs)")
     top_p: float = _opt(1.0, "nucleus sampling of rollouts")
     max_prompt_tokens: int = _opt(512, "prompts longer than this are cut from the left")
     max_new_tokens: int = _opt(8, "completion length limit")
@@ -212,7 +213,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config | None, str | None
         return None, algos_markdown()
     values = load_file(args["config"]) if args.get("config") else {}
     args.pop("config", None)
-    row = dict(values.pop("row", None) or {})
+    resume = args.get("resume") or values.get("resume")
+    # A resumed run's own config is the base; the file and the command line override it.
+    saved = _saved_config(resume) if resume else {}
+    row = {**(saved.pop("row", None) or {}), **(values.pop("row", None) or {})}
+    values = {**saved, **values}
     for item in args.pop("row", []):
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set eps_high=0.28")
@@ -223,6 +228,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config | None, str | None
         raise ValueError(f"unknown algorithm row field(s) {unknown}; fields: {', '.join(_row_fields())}")
     values.update(args)
     return Config(row=row, **values), None
+
+
+def _saved_config(path: str) -> dict:
+    """config.json of the run that `path` (a run directory or one of its checkpoints) belongs to."""
+    for run_dir in (path, os.path.dirname(os.path.dirname(os.path.abspath(path)))):
+        file = os.path.join(run_dir, "config.json")
+        if os.path.exists(file):
+            with open(file) as f:
+                return json.load(f)
+    raise ValueError(f"--resume {path!r}: no config.json in it or two levels up; pass a run directory")
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -7,9 +7,9 @@ vllm vLLM colocated on the training GPU (optional extra `pip install lightrl[vll
      step the new weights are loaded into it. This path needs CUDA and is not
      exercised by the CPU test suite.
 
-Both return completions as lists of token ids, ending at (and including) the EOS
-token when one was produced, in prompt-major order: prompt 0's n samples, then
-prompt 1's, and so on.
+Both return completions as lists of token ids, ending at (and including) the first
+stop token (EOS, or the end-of-turn token of chat models) when one was produced, in
+prompt-major order: prompt 0's n samples, then prompt 1's, and so on.
 """
 from __future__ import annotations
 
@@ -22,21 +22,32 @@ from tqdm.auto import tqdm
 class HFEngine:
     """Sampling with `model.generate` on left-padded batches of at most `batch_size` sequences."""
 
-    def __init__(self, model, tokenizer, batch_size: int, progress: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int, stop_ids: list[int], progress: bool = True):
         self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
+        self.stop_ids = stop_ids
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
         """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat."""
+        from transformers import GenerationConfig
         flat = [p for p in prompts for _ in range(n)]
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        sample = temperature > 0
+        # The model's own generation defaults (Qwen ships top_k=20, repetition_penalty=1.05, ...) would
+        # change the sampling distribution the loss assumes; transformers fills every field of a passed
+        # config that is left at its global default from model.generation_config, so that is swapped
+        # out for the call.
+        gen_cfg = GenerationConfig(do_sample=sample, temperature=temperature if sample else None,
+                                   top_p=top_p if sample else None, top_k=0 if sample else None,
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.stop_ids)
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         # CPU generator state is global in transformers' sampling; seed it per call for exact resumes.
         torch.manual_seed(seed)
-        out = []
+        out, saved = [], self.model.generation_config
+        self.model.generation_config = gen_cfg
         for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
             chunk = flat[start:start + self.batch_size]
             width = max(map(len, chunk))
@@ -45,13 +56,11 @@ class HFEngine:
             for i, p in enumerate(chunk):
                 ids[i, width - len(p):] = torch.tensor(p)
                 attn[i, width - len(p):] = 1
-            sample = temperature > 0
-            gen = self.model.generate(
-                input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
-                do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-                top_k=0 if sample else None, pad_token_id=pad, eos_token_id=eos)
+            gen = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                      generation_config=gen_cfg)
             for row in gen[:, width:].tolist():
-                out.append(_cut_at_eos(row, eos))
+                out.append(cut_at_stop(row, self.stop_ids))
+        self.model.generation_config = saved
         self.model.train(was_training)
         return out
 
@@ -65,8 +74,12 @@ class HFEngine:
         pass
 
 
-def _cut_at_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
+def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
+    """ids up to and including the first stop token (all of them when there is none)."""
+    for i, t in enumerate(ids):
+        if t in stop_ids:
+            return ids[:i + 1]
+    return ids
 
 
 class VLLMEngine:
@@ -77,7 +90,7 @@ class VLLMEngine:
     With sleep mode, level-1 sleep drops the KV cache and moves its weights to CPU during updates.
     """
 
-    def __init__(self, model_path: str, tokenizer, *, dtype: str, gpu_memory_utilization: float,
+    def __init__(self, model_path: str, tokenizer, *, stop_ids: list[int], dtype: str, gpu_memory_utilization: float,
                  max_model_len: int, seed: int, sleep: bool):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
@@ -85,10 +98,11 @@ class VLLMEngine:
         except ImportError:
             raise ImportError("--engine vllm needs vLLM: pip install 'lightrl[vllm]' (CUDA only), "
                               "or use --engine hf") from None
-        self.tokenizer, self.use_sleep = tokenizer, sleep
+        self.tokenizer, self.use_sleep, self.stop_ids = tokenizer, sleep, stop_ids
+        # generation_config="vllm": ignore the checkpoint's sampling defaults (see HFEngine).
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       enable_sleep_mode=sleep, enable_prefix_caching=True)
+                       enable_sleep_mode=sleep, enable_prefix_caching=True, generation_config="vllm")
         self.asleep = False
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
@@ -96,11 +110,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         self.wake()
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                max_tokens=max_new_tokens, seed=seed)
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, top_k=-1,
+                                repetition_penalty=1.0, max_tokens=max_new_tokens, seed=seed,
+                                stop_token_ids=self.stop_ids)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        eos = self.tokenizer.eos_token_id
-        return [_cut_at_eos(list(c.token_ids), eos) for o in outputs for c in o.outputs]
+        return [cut_at_stop(list(c.token_ids), self.stop_ids) for o in outputs for c in o.outputs]
 
     def sync_weights(self, model) -> None:
         """Load the trainer's current weights into the engine (vLLM's model.load_weights)."""

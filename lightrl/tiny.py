@@ -80,6 +80,8 @@ def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, see
     from lightrl.kernels import linear_logprobs
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    # Linear decay to 10%: the last steps settle the sums instead of bouncing around them.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(steps, 1))
     weight = model.get_output_embeddings().weight
     model.train()
     for _ in tqdm(range(steps), desc="warm start", leave=False, disable=not progress):
@@ -105,3 +107,4 @@ def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, see
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()

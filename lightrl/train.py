@@ -85,12 +85,15 @@ def train(cfg: Config) -> str:
     encode = _prompt_encoder(tokenizer, instruction, cfg.max_prompt_tokens)
     if device.type == "cuda" and cfg.liger:
         _apply_liger(model)
+    model.train()  # from_pretrained returns eval mode; gradient checkpointing only acts in train mode
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     ref_model = None
     if row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
         ref_model = _from_pretrained(init_path, device) if ckpt else copy.deepcopy(model)
         ref_model.requires_grad_(False).eval()
+        if amp_dtype is not None:  # only ever run under autocast: half-precision storage is enough
+            ref_model.to(amp_dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     sampler = PromptSampler(len(rows), cfg.seed)
@@ -105,16 +108,18 @@ def train(cfg: Config) -> str:
         print(f"lightrl: resumed from {ckpt} at step {start_step}")
 
     # ---- rollout engine, logger ---------------------------------------------------------------
+    stop_ids = _stop_ids(tokenizer, model)
     if engine_name == "vllm":
         from lightrl.rollout import VLLMEngine
-        engine = VLLMEngine(init_path, tokenizer, dtype="bfloat16" if amp_dtype is not None else "float32",
+        engine = VLLMEngine(init_path, tokenizer, stop_ids=stop_ids,
+                            dtype="bfloat16" if amp_dtype is not None else "float32",
                             gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, sleep=cfg.vllm_sleep,
                             max_model_len=cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.eval_max_new_tokens))
         if ckpt:
             engine.sync_weights(model)
     else:
         from lightrl.rollout import HFEngine
-        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, progress=cfg.progress)
+        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, stop_ids=stop_ids, progress=cfg.progress)
     log = MetricsLog(run_dir, cfg, resume_step=start_step)
     weight = model.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
     group_n = cfg.group_size * row.sample_factor
@@ -127,7 +132,8 @@ def train(cfg: Config) -> str:
         """Final (post-norm) hidden states [N, D] at the positions that predict completion tokens."""
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = net.get_decoder()(input_ids=batch["ids"], attention_mask=batch["attn"])
-        return out.last_hidden_state[batch["rows"], batch["cols"]]
+        hidden = out.last_hidden_state[batch["rows"], batch["cols"]]
+        return hidden if amp_dtype is None else hidden.to(amp_dtype)  # the final norm may return fp32
 
     def evaluate(step: int) -> dict:
         """avg@k accuracy on the held-out rows."""
@@ -176,13 +182,12 @@ def train(cfg: Config) -> str:
                 groups = groups[:cfg.prompts_per_step]
                 break
         t_rollout = time.time() - t_step
-        eos = tokenizer.eos_token_id
         flat_comps = _flat(groups, "comps")
         lengths = [len(c) for c in flat_comps]
-        truncated = [len(c) >= cfg.max_new_tokens and c[-1] != eos for c in flat_comps]
+        truncated = [len(c) >= cfg.max_new_tokens and c[-1] not in stop_ids for c in flat_comps]
         m.update(reward_mean=_mean(all_rewards), accuracy=_mean(all_scores), samples=sampled, refill_rounds=rounds,
                  groups=len(groups), completion_len_mean=_mean(lengths), completion_len_max=max(lengths, default=0),
-                 truncated_frac=_mean(truncated), empty_frac=_mean([all(t == eos for t in c) for c in flat_comps]))
+                 truncated_frac=_mean(truncated), empty_frac=_mean([all(t in stop_ids for t in c) for c in flat_comps]))
 
         # 3. advantages over the final batch; only kept sequences go on to the update.
         batch = _to_batch(groups, truncated, cfg.mask_truncated)
@@ -191,15 +196,16 @@ def train(cfg: Config) -> str:
         if not torch.isfinite(rewards_t).all():
             skip_reason = "non-finite reward"
         if row.kl_in_reward and skip_reason is None:
-            rewards_t = rewards_t - row.kl_coef * _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg)
+            kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg)
+            rewards_t = rewards_t - row.kl_coef * kl
         adv, keep = group_advantages(rewards_t, group_n, row, lengths=torch.tensor(lengths), backend=cfg.backend) \
             if groups else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         m["kept_frac"] = keep.float().mean().item() if keep.numel() else 0.0
         if skip_reason is None and not keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
-        if skip_reason is None and not any(batch[i]["counts"] and batch[i]["comp"] for i in range(len(keep)) if keep[i]):
-            skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
         seqs = [i for i in range(len(keep)) if keep[i]]
+        if skip_reason is None and not any(batch[i]["counts"] and batch[i]["comp"] for i in seqs):
+            skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
         micro = [_micro_batch(batch, seqs[i:i + cfg.micro_batch], device) for i in range(0, len(seqs), cfg.micro_batch)]
         for mb in micro:
             mb["adv"] = adv[mb["seq_ids"]].to(device)
@@ -283,8 +289,8 @@ def train(cfg: Config) -> str:
             checkpoint.save(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints)
     bar.close()
     log.close()
-    print(f"lightrl: done. metrics {os.path.join(run_dir, 'metrics.jsonl')}, curves {os.path.join(run_dir, 'curves.png')}, "
-          f"TensorBoard events in {run_dir}, checkpoints in {os.path.join(run_dir, 'checkpoints')}")
+    print(f"lightrl: done. Outputs in {os.path.abspath(run_dir)}: metrics.jsonl, curves.png, TensorBoard events "
+          f"(tensorboard --logdir {run_dir}), checkpoints/ (latest: {os.path.join(run_dir, 'checkpoints', 'latest')})")
     return run_dir
 
 
@@ -326,6 +332,15 @@ def _load_policy(cfg: Config, run_dir: str, ckpt: str | None, rows: list[dict], 
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer, _from_pretrained(source, device), init_path
+
+
+def _stop_ids(tokenizer, model) -> list[int]:
+    """Tokens that end a completion: the tokenizer's EOS and the model's generation EOS ids (chat models
+    end a turn with their own token, e.g. <|im_end|>)."""
+    ids = [tokenizer.eos_token_id]
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += gen_eos if isinstance(gen_eos, list) else [gen_eos]
+    return sorted({i for i in ids if i is not None})
 
 
 def _prompt_encoder(tokenizer, instruction: str, max_tokens: int):

@@ -100,7 +100,7 @@ def test_checkpoint_loads_with_transformers_and_generates(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     tok = AutoTokenizer.from_pretrained(ckpt)
     rows = load_rows("arithmetic-test")[0][:16]
-    comps = HFEngine(model, tok, batch_size=16, progress=False).generate(
+    comps = HFEngine(model, tok, batch_size=16, stop_ids=[tok.eos_token_id], progress=False).generate(
         [tok(r["question"])["input_ids"] for r in rows], 1, temperature=0.0, top_p=1.0, max_new_tokens=6, seed=0)
     texts = tok.batch_decode(comps, skip_special_tokens=True)
     assert all(len(c) >= 1 for c in comps) and any(t.startswith("\\boxed{") for t in texts)
@@ -180,3 +180,18 @@ def test_mask_truncated_leaves_nothing_to_train_and_says_so(warm_model, tmp_path
     assert "no completion token to train on" in capsys.readouterr().out
     run = train(small(tmp_path, "trunc-kept", model=warm_model, max_new_tokens=2))
     assert [r["skipped"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [0, 0]
+
+
+def test_hf_engine_ignores_the_checkpoints_sampling_defaults(warm_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightrl.rollout import HFEngine
+    model, tok = AutoModelForCausalLM.from_pretrained(warm_model), AutoTokenizer.from_pretrained(warm_model)
+    prompts = [tok(q)["input_ids"] for q in ("3+4=", "9+9=")]
+
+    def sample():
+        return HFEngine(model, tok, batch_size=8, stop_ids=[tok.eos_token_id], progress=False).generate(
+            prompts, 4, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=3)
+    plain = sample()
+    model.generation_config.top_k, model.generation_config.repetition_penalty = 1, 5.0
+    assert sample() == plain and model.generation_config.top_k == 1

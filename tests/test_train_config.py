@@ -155,3 +155,14 @@ def test_config_round_trips_through_json(tmp_path):
     cfg, _ = parse_args(["--algo", "dapo", "--set", "eps_high=0.3"])
     text = json.dumps(cfg.to_dict())
     assert Config(**json.loads(text)) == cfg
+
+
+def test_resume_takes_the_runs_config_as_base(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = Config(algo="dapo", group_size=4, steps=10, row={"eps_high": "0.3"})
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
+    cfg, _ = parse_args(["--resume", str(run), "--steps", "20"])
+    assert (cfg.algo, cfg.group_size, cfg.steps, cfg.row, cfg.resume) == ("dapo", 4, 20, {"eps_high": "0.3"}, str(run))
+    with pytest.raises(ValueError, match="no config.json"):
+        parse_args(["--resume", str(tmp_path)])
