@@ -51,7 +51,7 @@ class Config:
     steps: int = _opt(80, "optimizer steps of RL")
     lr: float = _opt(5e-4, "AdamW learning rate (the default suits the tiny model; use ~1e-6 for real LLMs)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
-    warmup_steps: int = _opt(0, "linear learning-rate warmup")
+    warmup_steps: int = _opt(0, "linear learning-rate warmup, in RL steps")
     grad_clip: float = _opt(1.0, "max gradient norm (0 = off)")
     updates_per_batch: int = _opt(1, "optimizer steps on each rollout batch (>1 makes ratios matter)")
     micro_batch: int = _opt(64, "sequences per forward/backward (gradient accumulation above it)")

@@ -43,6 +43,8 @@ def train(cfg: Config) -> str:
     engine_name = cfg.engine
     if engine_name == "auto":
         engine_name = "vllm" if device.type == "cuda" and _has_vllm() else "hf"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: CUDA is not available here; use --device cpu")
     if engine_name == "vllm" and device.type != "cuda":
         raise ValueError("--engine vllm needs a CUDA device; use --engine hf on CPU")
     amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "float32": None,
@@ -62,6 +64,9 @@ def train(cfg: Config) -> str:
     else:
         name = cfg.run_name or f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = os.path.join(cfg.out_dir, name)
+        if checkpoint.find(run_dir):
+            raise ValueError(f"{run_dir} already holds checkpoints: continue it with --resume {run_dir}, "
+                             "or pick another --run-name")
         os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.json"))
     print(f"lightrl: run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
@@ -192,8 +197,8 @@ def train(cfg: Config) -> str:
         # 3. advantages over the final batch; only kept sequences go on to the update.
         batch = _to_batch(groups, truncated, cfg.mask_truncated)
         rewards_t = torch.tensor(_flat(groups, "rewards"), dtype=torch.float32)
-        skip_reason = None
-        if not torch.isfinite(rewards_t).all():
+        skip_reason, nonfinite = None, not bool(torch.isfinite(rewards_t).all())
+        if nonfinite:
             skip_reason = "non-finite reward"
         if row.kl_in_reward and skip_reason is None:
             kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg)
@@ -224,7 +229,7 @@ def train(cfg: Config) -> str:
                     mb["ref_logp"] = linear_logprobs(forward_hidden(ref_model, mb),
                                                      _w(ref_model.get_output_embeddings().weight, amp_dtype),
                                                      mb["targets"], temperature=cfg.temperature, backend=cfg.backend)
-        sums = {}
+        sums, stepped = {}, False
         for update in range(cfg.updates_per_batch if skip_reason is None else 0):
             optimizer.zero_grad(set_to_none=True)
             loss_total = 0.0
@@ -252,19 +257,20 @@ def train(cfg: Config) -> str:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                        else float("inf"))
             if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
+                nonfinite = True
                 skip_reason = f"non-finite loss ({loss_total}) or gradient norm ({grad_norm.item()})"
                 optimizer.zero_grad(set_to_none=True)  # weights and optimizer state stay untouched
                 break
             optimizer.step()
+            stepped = True
             if update == 0:  # like the loss metrics: the first update, where the batch is on-policy
                 m.update(loss=loss_total, grad_norm=grad_norm.item())
-        if skip_reason is None:
+        if stepped:
             scheduler.step()
             engine.sync_weights(model)
-            bad_in_a_row = 0
-        else:
-            bad_in_a_row += 1 if "non-finite" in skip_reason else 0
-            tqdm.write(f"lightrl: step {step + 1} skipped the optimizer step: {skip_reason}")
+        bad_in_a_row = bad_in_a_row + 1 if nonfinite else 0
+        if skip_reason is not None:
+            tqdm.write(f"lightrl: step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
         m["skipped"] = int(skip_reason is not None)
         for k, v in sums.items():
             m[k] = v / max(totals["tokens"], 1)

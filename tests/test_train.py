@@ -195,3 +195,24 @@ def test_hf_engine_ignores_the_checkpoints_sampling_defaults(warm_model):
     plain = sample()
     model.generation_config.top_k, model.generation_config.repetition_penalty = 1, 5.0
     assert sample() == plain and model.generation_config.top_k == 1
+
+
+def test_file_data_chat_template_and_bad_rows(warm_model, tmp_path):
+    """The real-model path: a chat template, a JSONL file with a bad row skipped, math500 evaluation."""
+    from transformers import AutoTokenizer
+    model_dir = str(tmp_path / "chat")
+    tok = AutoTokenizer.from_pretrained(warm_model)
+    tok.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}="
+    tok.save_pretrained(model_dir)
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(warm_model).save_pretrained(model_dir)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "3+4", "answer": "7"}\n{"question": "", "answer": "1"}\n'
+                    '{"question": "5+5", "answer": "#### 10"}\n')
+    run = train(small(tmp_path, "file", model=model_dir, data=str(data), instruction="", skip_bad_rows=True,
+                      eval_data="math500", eval_limit=2, max_prompt_tokens=16))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert [r["bad_rows"] for r in rows] == [1, 1] and all(finite_numbers(r) for r in rows)
+    assert rows[0]["accuracy"] > 0 and "eval_accuracy" in rows[-1]
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(small(tmp_path, "file", model=model_dir, data=str(data), skip_bad_rows=True))
