@@ -24,7 +24,7 @@ class Config:
     algo: str = _opt("grpo", "algorithm row of lightrl.algos.ALGOS (see --list-algos)")
     row: dict = _opt(None, "overrides of the algorithm row's fields, e.g. --set eps_high=0.28 --set kl_coef=0",
                      repr=False)
-    model: str = _opt("tiny", "local model directory (or an HF id already in the local cache); "
+    model: str = _opt("tiny", "local model directory or Hugging Face id (org/name); "
                               "'tiny' = the built-in random tiny Llama with a character tokenizer")
     data: str = _opt("arithmetic", "training prompts: a .jsonl/.parquet file, or built-in "
                                    "'arithmetic' (the tiny model's task), 'gsm8k', 'math500'")
