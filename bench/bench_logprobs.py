@@ -8,7 +8,8 @@ to hidden and weight. Timing rounds go over all candidates in turn, so load from
 processes hits them alike; the median is reported. Peak memory is the extra memory one
 step needs over its inputs: torch.cuda.max_memory_allocated on CUDA; on CPU, the peak
 resident set (VmHWM, reset through /proc/self/clear_refs after a warm-up step) of a fresh
-subprocess that runs one candidate.
+subprocess that runs one candidate, with glibc's mmap threshold fixed so that freed
+blocks leave the resident set.
 """
 import argparse
 import datetime
@@ -125,7 +126,11 @@ def _peak_memory_mb(name, args, device, step):
     cmd = [sys.executable, "-m", "bench", "logprobs", "--memory-child", name, "--n", str(args.n), "--d", str(args.d),
            "--v", str(args.v), "--dtype", args.dtype, "--device", "cpu"]
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=1800)
+    # A fixed mmap threshold makes glibc map and unmap every large block, so the
+    # resident set follows live tensors (its adaptive threshold would keep freed
+    # blocks of up to 32 MB resident and add noise of that size).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=1800, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"memory subprocess failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -223,7 +228,7 @@ def main(args) -> None:
         "load_avg_before_after": [load_before[0], load_after[0]],
         "shape": {"n": args.n, "d": args.d, "v": args.v}, "dtype": args.dtype, "repeat": args.repeat,
         "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                          else "fresh subprocess, VmHWM after /proc/self/clear_refs reset, minus VmRSS"),
+                          else "fresh subprocess (MALLOC_MMAP_THRESHOLD_=65536), VmHWM after /proc/self/clear_refs reset, minus VmRSS"),
         "candidates": rows,
     }
     tag = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", _device_name(device).lower()).strip("-")

@@ -1,7 +1,7 @@
 """Plain-PyTorch twins of the fused linear log-prob kernels.
 
-`logprobs_forward` / `logprobs_backward` are the chunked CPU path: they walk the
-tokens in chunks of rows, so the largest temporary is [chunk, V], never [N, V].
+`logprobs_forward` / `logprobs_backward` are the blocked CPU path: they walk the
+logits in [rows, cols] blocks of bounded size, never building [N, V].
 `reference_linear_logprobs` materialises the full logits; it is the ground truth.
 
 Notation shared with logprobs_triton.py (T = temperature, W = weight):
@@ -17,14 +17,18 @@ import torch
 IGNORE_INDEX = -100
 LOG2E = 1.0 / math.log(2.0)
 
-# Elements of the [chunk, V] fp32 buffer (12M: 48 MB, 384 rows at V = 32k). The
-# BLAS loses speed on thinner chunks (at V = 32k, D = 512: 256 rows cost ~10 %
-# more GEMM time than 512), while the buffer is most of this path's memory.
-_CHUNK_ELEMENTS = 12 << 20
+# Logits are built in [rows, cols] blocks: up to _MAX_ROWS tokens by as many
+# vocabulary columns as fit in _CHUNK_ELEMENTS (8M fp32 = 32 MB; 4096 x 2048 at
+# the bench shape). Tall blocks keep the BLAS at full speed (token-only chunks of
+# [384, 32000] were ~8 % slower end to end on 2 cores), and d weight for a column
+# block is summed over all rows of the block in one GEMM.
+_CHUNK_ELEMENTS = 8 << 20
+_MAX_ROWS = 4096
 
 
-def _chunk_rows(n: int, v: int) -> int:
-    return max(16, min(n, _CHUNK_ELEMENTS // max(v, 1)))
+def _blocks(n: int, v: int):
+    rows = min(n, _MAX_ROWS)
+    return rows, max(16, min(v, _CHUNK_ELEMENTS // max(rows, 1)))
 
 
 def _as_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -34,14 +38,15 @@ def _as_fp32(t: torch.Tensor) -> torch.Tensor:
 
 
 # Both functions work on base-2 logits y = z * log2(e) (exp2 runs about twice as
-# fast as exp on CPU) and keep the per-chunk work to a few large ops: every
-# per-row scale is applied once to [N, D] or [N] tensors outside the loop. On a
-# loaded machine each parallel op can wait for a time slice, so op count matters.
+# fast as exp on CPU) and keep the per-block work to a few large ops: per-row
+# scales ride on [N, D] operands or [rows] vectors. On a loaded machine every
+# parallel op can wait for a time slice, so the op count shows in wall time.
 
 def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: bool):
-    """Chunked forward. hidden [N, D], weight [V, D] (same dtype), targets [N] int64.
+    """Blocked forward with an online log-sum-exp over vocabulary blocks.
 
-    With z = hidden @ W.T / T and p = softmax(z): lse = logsumexp(z),
+    hidden [N, D], weight [V, D] (same dtype), targets [N] int64. With
+    z = hidden @ W.T / T and p = softmax(z): lse = logsumexp(z),
     logp = z_target - lse, entropy H = lse - sum_j p_j z_j.
     Returns (logp [N] f32, entropy [N] f32 or None, lse [N] f32). Rows whose
     target is -100 get logp 0 and entropy 0 (lse is still computed; the
@@ -51,36 +56,46 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     w = _as_fp32(weight)
     h_all = _as_fp32(hidden) * (LOG2E / temperature)
     f32 = dict(dtype=torch.float32, device=hidden.device)
-    row_max, row_sum, row_pu = torch.empty(n, 1, **f32), torch.empty(n, **f32), torch.empty(n, 1, 1, **f32)
-    rows = _chunk_rows(n, v)
-    y_buf = torch.empty(rows, v, **f32)
-    p_buf = torch.empty(rows, v, **f32) if want_entropy else None
-    for s in range(0, n, rows):
-        e = min(s + rows, n)
-        y = torch.mm(h_all[s:e], w.t(), out=y_buf[: e - s])
-        torch.amax(y, dim=1, keepdim=True, out=row_max[s:e])
-        y.sub_(row_max[s:e])  # u = y - max <= 0: exp2 cannot overflow
+    lse = torch.empty(n, **f32)
+    entropy = torch.empty(n, **f32) if want_entropy else None
+    rows, cols = _blocks(n, v)
+    y_buf = torch.empty(rows * cols, **f32)
+    p_buf = torch.empty(rows * cols, **f32) if want_entropy else None
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        # Running max m, s = sum 2^(y-m), a = sum 2^(y-m) (y-m). A finite start
+        # keeps (m - m_new) * s at 0 on the first block instead of -inf * 0.
+        m = torch.full((r1 - r0, 1), -1e30, **f32)
+        s = torch.zeros(r1 - r0, 1, **f32)
+        a = torch.zeros(r1 - r0, 1, **f32) if want_entropy else None
+        for c0 in range(0, v, cols):
+            c1 = min(c0 + cols, v)
+            y = torch.mm(h_all[r0:r1], w[c0:c1].t(), out=y_buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+            m_new = torch.maximum(m, y.amax(dim=1, keepdim=True))
+            alpha = torch.exp2(m - m_new)
+            y.sub_(m_new)  # u = y - m_new <= 0: exp2 cannot overflow
+            if want_entropy:
+                p = torch.exp2(y, out=p_buf[: y.numel()].view_as(y))
+                # a is kept relative to the running max, so H never subtracts two large numbers
+                a = alpha * (a + (m - m_new) * s) + torch.bmm(p[:, None, :], y[:, :, None]).view(-1, 1)
+                s = alpha * s + p.sum(dim=1, keepdim=True)
+            else:
+                s = alpha * s + y.exp2_().sum(dim=1, keepdim=True)
+            m = m_new
+        lse[r0:r1] = ((m + s.log2()) / LOG2E).view(-1)
         if want_entropy:
-            p = torch.exp2(y, out=p_buf[: e - s])
-            torch.sum(p, dim=1, out=row_sum[s:e])
-            # sum 2^u u as a batched dot: no [chunk, V] temporary
-            torch.bmm(p[:, None, :], y[:, :, None], out=row_pu[s:e])
-        else:
-            torch.sum(y.exp2_(), dim=1, out=row_sum[s:e])
-    lse = (row_max.squeeze(1) + row_sum.log2()) / LOG2E
+            entropy[r0:r1] = (s.log() - a / s / LOG2E).view(-1)  # ln s - ln2 * a / s
     valid = targets != IGNORE_INDEX
     safe_t = torch.where(valid, targets, 0)
     z_target = (h_all * w[safe_t]).sum(dim=1) / LOG2E
     logp = torch.where(valid, z_target - lse, 0.0)
-    entropy = None
     if want_entropy:
-        # H = ln(sum 2^u) - ln2 * sum(2^u u) / sum(2^u)
-        entropy = torch.where(valid, row_sum.log() - row_pu.view(-1) / row_sum / LOG2E, 0.0)
+        entropy = torch.where(valid, entropy, 0.0)
     return logp, entropy, lse
 
 
 def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy, grad_logp, grad_entropy):
-    """Chunked backward: recompute each chunk of logits, form dL/dz, run the two GEMMs.
+    """Blocked backward: recompute each block of logits, form dL/dz, run the two GEMMs.
 
     With p = softmax(z), z = hidden @ W.T / T and per-row upstream gradients
     g = grad_logp, e = grad_entropy:
@@ -91,7 +106,7 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     and since z carries the 1/T factor:
         grad_hidden = (dL/dz) @ W / T,   grad_weight = (dL/dz).T @ hidden / T.
     The row factor r rides on the [N, D] operands; the one-hot part touches one
-    row of W per token and is added outside the chunk loop. Rows whose target is
+    row of W per token and is added outside the block loop. Rows whose target is
     -100 contribute nothing. lse [N] f32 comes from logprobs_forward; entropy
     [N] f32 is needed only when grad_entropy is given.
     Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype).
@@ -111,28 +126,30 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     else:
         r = g
     neg_r = (-r / temperature)[:, None]
-    h_r = h32 * neg_r  # dW operand with the row factor and the sign
+    h_r = h32 * neg_r  # d-weight operand with the row factor and the sign
     # The recomputed logits must round exactly like the forward's (same scaled
-    # operand, same chunks): with |z| ~ 1e3 a different rounding order alone
+    # operand, same blocks): with |z| ~ 1e3 a different rounding order alone
     # shifts log p by ~1e-4.
     h_all = h32 * (LOG2E / temperature)
     lse2 = (lse * LOG2E)[:, None]
-    grad_hidden = torch.empty(n, w.shape[1], **f32)
+    grad_hidden = torch.zeros(n, w.shape[1], **f32)
     grad_weight = torch.zeros(weight.shape, **f32)
-    rows = _chunk_rows(n, v)
-    y_buf = torch.empty(rows, v, **f32)
-    p_buf = torch.empty(rows, v, **f32) if with_entropy else None
-    for s in range(0, n, rows):
-        end = min(s + rows, n)
-        y = torch.mm(h_all[s:end], w.t(), out=y_buf[: end - s])
-        y.sub_(lse2[s:end])  # log2 p
-        if with_entropy:
-            c = torch.exp2(y, out=p_buf[: end - s])
-            c.mul_(torch.addcmul(coef_b[s:end], y, coef_a[s:end], out=y))
-        else:
-            c = y.exp2_()
-        torch.mm(c, w, out=grad_hidden[s:end])
-        grad_weight.addmm_(c.t(), h_r[s:end])
+    rows, cols = _blocks(n, v)
+    y_buf = torch.empty(rows * cols, **f32)
+    p_buf = torch.empty(rows * cols, **f32) if with_entropy else None
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        for c0 in range(0, v, cols):
+            c1 = min(c0 + cols, v)
+            y = torch.mm(h_all[r0:r1], w[c0:c1].t(), out=y_buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+            y.sub_(lse2[r0:r1])  # log2 p
+            if with_entropy:
+                c = torch.exp2(y, out=p_buf[: y.numel()].view_as(y))
+                c.mul_(torch.addcmul(coef_b[r0:r1], y, coef_a[r0:r1], out=y))
+            else:
+                c = y.exp2_()
+            grad_hidden[r0:r1].addmm_(c, w[c0:c1])
+            grad_weight[c0:c1].addmm_(c.t(), h_r[r0:r1])
     del y_buf, p_buf, h_all, h_r  # the epilogue's temporaries need not stack on top of them
     grad_hidden.mul_(neg_r).add_(w[safe_t] * (g / temperature)[:, None])
     grad_weight.index_add_(0, safe_t, h32 * (g / temperature)[:, None])
