@@ -47,8 +47,11 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, stride_h, stri
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         d_mask = dd < D
-        h = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + dd[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + dd[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
+        # int64 offsets: V * D passes 2^31 for large vocabularies
+        h = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + dd[None, :],
+                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + dd[None, :],
+                    mask=col_mask[:, None] & d_mask[None, :], other=0.0)
         if DOT_FP32:
             acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         else:
@@ -143,7 +146,7 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     z = hidden @ W.T / T, lse = logsumexp(z), logp = z_target - lse,
     H = lse - sum_j p_j z_j. Rows with target -100 get logp 0 and entropy 0.
     """
-    hidden, weight = hidden.contiguous(), weight.contiguous()
+    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
     n, d = hidden.shape
     v = weight.shape[0]
     blk = _blocks(hidden.device)
@@ -185,7 +188,8 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     logprobs_forward (entropy only needed when grad_entropy is given).
     Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype).
     """
-    hidden, weight = hidden.contiguous(), weight.contiguous()
+    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
+    lse = lse.contiguous()
     n, d = hidden.shape
     v = weight.shape[0]
     blk = _blocks(hidden.device)
@@ -209,10 +213,11 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
             dz_c.stride(0), 1.0 / temperature, HAS_GRAD_ENTROPY=has_ge, DOT_FP32=_dot_fp32(hidden),
             BLOCK_N=blk["BLOCK_N"], BLOCK_V=blk["BLOCK_V"], BLOCK_D=blk["BLOCK_D"], **_launch_opts(blk))
         torch.mm(dz_c, weight, out=grad_hidden[s:e])
-        part = torch.mm(dz_c.t(), hidden[s:e])
         if single:
-            grad_weight = part
-        else:
-            grad_weight += part
+            grad_weight = torch.mm(dz_c.t(), hidden[s:e])
+        elif weight.dtype == torch.float32:
+            grad_weight.addmm_(dz_c.t(), hidden[s:e])
+        else:  # a 16-bit GEMM per chunk (fp32 accumulation inside), summed across chunks in fp32
+            grad_weight += torch.mm(dz_c.t(), hidden[s:e])
     return grad_hidden, grad_weight.to(weight.dtype)
 
