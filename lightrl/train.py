@@ -247,7 +247,10 @@ def train(cfg: Config) -> str:
                 if update == 0:
                     for k, v in metrics.items():
                         k = LOSS_METRIC_NAMES.get(k, k)
-                        sums[k] = sums.get(k, 0.0) + v.item() * int(mb["mask"].sum())
+                        if k == "ratio_max":
+                            m[k] = max(m.get(k, 0.0), v.item())
+                        else:  # token-weighted mean over micro-batches
+                            sums[k] = sums.get(k, 0.0) + v.item() * int(mb["mask"].sum())
                     if j == 0:  # entropy estimated on the first micro-batch (one extra vocab pass, no grad)
                         with torch.no_grad():
                             _, ent = linear_logprobs(hidden.detach(), _w(weight, amp_dtype).detach(), mb["targets"],
