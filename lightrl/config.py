@@ -151,6 +151,11 @@ def validate(cfg: Config) -> AlgoRow:
                              f"({', '.join(BUILTIN_DATA)})")
     if cfg.model != "tiny" and not os.path.isdir(cfg.model) and "/" not in cfg.model:
         raise ValueError(f"--model {cfg.model!r}: not a directory, not 'tiny' and not an HF id (org/name)")
+    import importlib.util
+    if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("--engine vllm needs vLLM: pip install 'lightrl[vllm]' (CUDA only), or use --engine hf")
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise ValueError("--wandb needs the wandb package: pip install wandb")
     if cfg.resume and not os.path.exists(cfg.resume):
         raise ValueError(f"--resume {cfg.resume!r} does not exist")
     return row

@@ -1,4 +1,5 @@
 """Config / CLI, data loading and run outputs: fast checks that load no model."""
+import importlib.util
 import json
 import struct
 
@@ -52,6 +53,10 @@ def test_precedence_defaults_file_cli(tmp_path):
     (["--algo", "gfpo", "--group-size", "2"], "top_k"),
     (["--data", "/nonexistent.jsonl"], "no such file"),
     (["--temperature", "0"], "temperature"),
+    pytest.param(["--engine", "vllm"], "vLLM", marks=pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is not None, reason="vllm is installed")),
+    pytest.param(["--wandb"], "wandb", marks=pytest.mark.skipif(
+        importlib.util.find_spec("wandb") is not None, reason="wandb is installed")),
 ])
 def test_bad_config_fails_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
     import lightrl.train
