@@ -136,7 +136,7 @@ def train(cfg: Config) -> str:
     def forward_hidden(net, batch):
         """Final (post-norm) hidden states [N, D] at the positions that predict completion tokens."""
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = net.get_decoder()(input_ids=batch["ids"], attention_mask=batch["attn"])
+            out = net.get_decoder()(input_ids=batch["ids"], attention_mask=batch["attn"], use_cache=False)
         hidden = out.last_hidden_state[batch["rows"], batch["cols"]]
         return hidden if amp_dtype is None else hidden.to(amp_dtype)  # the final norm may return fp32
 
