@@ -100,7 +100,8 @@ def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, see
             cols += range(len(p) - 1, len(p) + len(c) - 1)
             targets += c
         device = weight.device
-        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
+        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                     use_cache=False).last_hidden_state
         logp = linear_logprobs(hidden[torch.tensor(rows_i), torch.tensor(cols)], weight,
                                torch.tensor(targets, device=device))
         loss = -logp.mean()
