@@ -155,15 +155,15 @@ def _device_name(device):
     return platform.processor() or "cpu"
 
 
-def _table(rows, limit_ms, eager):
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def _table(rows):
     lines = [f"{'name':<10} {'time ms':>10} {'peak MB':>10} {'x limit':>8} {'x eager':>8}  note"]
     for r in rows:
-        t, m = r.get("median_ms"), r.get("peak_mb")
-        fmt = lambda x, f: format(x, f) if x is not None else "-"  # noqa: E731
-        x_lim = t / limit_ms if t is not None and limit_ms else None
-        x_eag = t / eager["median_ms"] if t is not None and eager and eager.get("median_ms") else None
-        lines.append(f"{r['name']:<10} {fmt(t, '10.1f'):>10} {fmt(m, '10.1f'):>10} {fmt(x_lim, '8.2f'):>8} "
-                     f"{fmt(x_eag, '8.2f'):>8}  {r.get('note', '')}")
+        lines.append(f"{r['name']:<10} {_fmt(r.get('median_ms'), '10.1f'):>10} {_fmt(r.get('peak_mb'), '10.1f'):>10} "
+                     f"{_fmt(r.get('x_limit'), '8.2f'):>8} {_fmt(r.get('x_eager'), '8.2f'):>8}  {r.get('note', '')}")
     return "\n".join(lines)
 
 
@@ -211,24 +211,29 @@ def main(args) -> None:
                 row["note"] = (row.get("note", "") + f" memory n/a: {exc}").strip()
     by = {r["name"]: r for r in rows}
     limit_ms = by.get("limit", {}).get("median_ms")
-    eager = by.get("eager")
+    eager_ms = by.get("eager", {}).get("median_ms")
+    for row in rows:
+        if row.get("median_ms") is not None:
+            row["x_limit"] = row["median_ms"] / limit_ms if limit_ms else None
+            row["x_eager"] = row["median_ms"] / eager_ms if eager_ms else None
     print(f"linear_logprobs fwd+bwd  N={args.n} D={args.d} V={args.v} {args.dtype} on {_device_name(device)} "
           f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; load avg {load_before[0]:.1f} -> "
           f"{load_after[0]:.1f}); median of {args.repeat}")
-    print(_table(rows, limit_ms, eager))
-    ours = by.get("lightrl", {})
-    if eager and eager.get("median_ms") and ours.get("median_ms"):
+    print(_table(rows))
+    ours, eager = by.get("lightrl", {}), by.get("eager", {})
+    if ours.get("x_eager"):
         mem = (f"{ours['peak_mb'] / eager['peak_mb']:.3f}x eager"
-               if ours.get("peak_mb") and eager.get("peak_mb") else "not measured")
-        print(f"lightrl vs eager: time {ours['median_ms'] / eager['median_ms']:.2f}x, peak memory {mem}")
+               if ours.get("peak_mb") is not None and eager.get("peak_mb") else "not measured")
+        print(f"lightrl vs eager: time {ours['x_eager']:.2f}x, peak memory {mem}")
     result = {
         "bench": "logprobs", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "device_name": _device_name(device), "versions": _versions(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "load_avg_before_after": [load_before[0], load_after[0]],
         "shape": {"n": args.n, "d": args.d, "v": args.v}, "dtype": args.dtype, "repeat": args.repeat,
-        "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                          else "fresh subprocess (MALLOC_MMAP_THRESHOLD_=65536), VmHWM after /proc/self/clear_refs reset, minus VmRSS"),
+        "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                          "fresh subprocess (MALLOC_MMAP_THRESHOLD_=65536), VmHWM after a "
+                          "/proc/self/clear_refs reset, minus VmRSS"),
         "candidates": rows,
     }
     tag = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", _device_name(device).lower()).strip("-")
