@@ -27,8 +27,8 @@ _MAX_ROWS = 4096
 
 
 def _blocks(n: int, v: int):
-    rows = min(n, _MAX_ROWS)
-    return rows, max(16, min(v, _CHUNK_ELEMENTS // max(rows, 1)))
+    rows = max(1, min(n, _MAX_ROWS))
+    return rows, max(16, min(v, _CHUNK_ELEMENTS // rows))
 
 
 def _as_fp32(t: torch.Tensor) -> torch.Tensor:

@@ -150,6 +150,9 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     n, d = hidden.shape
     v = weight.shape[0]
     blk = _blocks(hidden.device)
+    if n == 0:
+        logp, entropy, lse = (torch.zeros(0, dtype=torch.float32, device=hidden.device) for _ in range(3))
+        return logp, (entropy if want_entropy else None), lse
     n_blocks = triton.cdiv(n, blk["BLOCK_N"])
     n_vtiles = triton.cdiv(v, blk["BLOCK_V"])
     if hidden.device.type == "cuda":
@@ -197,6 +200,8 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     has_ge = grad_entropy is not None
     if has_ge:
         grad_entropy, entropy = grad_entropy.float().contiguous(), entropy.contiguous()
+    if n == 0:
+        return torch.zeros_like(hidden), torch.zeros_like(weight)
     rows = max(blk["BLOCK_N"], min(n, _CHUNK_ELEMENTS // v // blk["BLOCK_N"] * blk["BLOCK_N"]))
     dz = torch.empty(min(rows, n), v, dtype=weight.dtype, device=hidden.device)
     grad_hidden = torch.empty_like(hidden)

@@ -147,6 +147,15 @@ def test_primitives_match_reference_across_chunks(module, dtype, scale, monkeypa
         _close(gw, w.grad, grad_tol, f"grad weight (entropy term {with_entropy})")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    h, w = torch.randn(0, 8, requires_grad=True), torch.randn(10, 8, requires_grad=True)
+    logp, ent = linear_logprobs(h, w, torch.zeros(0, dtype=torch.long), return_entropy=True, backend=backend)
+    assert logp.shape == ent.shape == (0,)
+    (logp.sum() + ent.sum()).backward()
+    assert h.grad.shape == (0, 8) and w.grad.abs().max().item() == 0.0
+
+
 def test_auto_backend_is_torch_on_cpu():
     hidden, weight, targets, g_logp, g_ent = _inputs(10, 16, 40, torch.float32)
     auto = _run("auto", hidden, weight, targets, g_logp, g_ent, 1.0, True)
