@@ -15,7 +15,8 @@ def main() -> None:
     args, rest = top.parse_known_args(sys.argv[1:2])
     # Only the chosen benchmark is imported, so one benchmark's imports cannot break another.
     module = importlib.import_module(f"bench.bench_{args.name}")
-    parser = argparse.ArgumentParser(prog=f"python -m bench {args.name}", description=module.__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m bench {args.name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     module.main(parser.parse_args(sys.argv[2:]))
 
