@@ -133,7 +133,8 @@ def run_code_tests(
             "code": code, "tests": tests, "kind": kind, "workdir": workdir,
             "result_fd": res_w, "isolate": not unsafe_no_namespaces, "root": root,
             "uid": uid, "gid": gid, "timeout": timeout, "memory_mb": memory_mb,
-            "max_procs": max_procs, "python": python or sys.executable,
+            # Resolved here, on the host: a venv's link (often under /tmp) does not exist in the new root.
+            "max_procs": max_procs, "python": os.path.realpath(python or sys.executable),
         }
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__)],
@@ -509,8 +510,7 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
             if os.read(go_r, 1) != b"g":
                 os._exit(_SETUP_FAILED)
             stage = "opening the interpreter's directory"
-            # <prefix>/bin/python; a venv's link resolved, since it may point outside the new root.
-            prefix = os.path.dirname(os.path.dirname(os.path.realpath(job["python"])))
+            prefix = os.path.dirname(os.path.dirname(job["python"]))  # <prefix>/bin/python
             prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
             _become_sandbox_user(job)
             init = os.fork()  # pid 1 of the new pid namespace
@@ -563,7 +563,7 @@ def _exec_runner(job) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    py = os.path.realpath(job["python"])  # a venv's link may point outside the new root
+    py = job["python"]
     try:
         os.execve(py, [py, "-I", "-S", "-B", "-c", _RUNNER, str(job["result_fd"]), job["kind"]],
                   _clean_env(home))
