@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import common
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Hand-checked disagreements with math-verify 0.9.0: (gold, predicted answer) -> (who is right, why).
@@ -193,7 +194,8 @@ def main(args: argparse.Namespace) -> dict:
                   workers=args.workers)  # start and warm the worker pool outside the timing
     report = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
               "load_average_1m": round(os.getloadavg()[0], 2), "workers": args.workers,
-              "timeout_s": args.timeout, "python": sys.version.split()[0], "sets": {}, "disagreements": []}
+              "timeout_s": args.timeout, "python": sys.version.split()[0],
+              "versions": common.versions(("sympy", "math-verify")), "sets": {}, "disagreements": []}
     all_pairs, all_ours, all_expected = [], [], []
     for name, pairs in sets.items():
         seconds = float("inf")
@@ -224,7 +226,7 @@ def main(args: argparse.Namespace) -> dict:
         except ImportError:
             sys.exit("math-verify is not installed: pip install math-verify (dev-only), or pass --no-math-verify")
         theirs, mv_seconds = math_verify_scores([p[1:] for p in all_pairs])
-        report["math_verify"] = {"version": _version("math-verify"), "seconds": round(mv_seconds, 1),
+        report["math_verify"] = {"version": report["versions"]["math-verify"], "seconds": round(mv_seconds, 1),
                                  "per_second": round(len(all_pairs) / mv_seconds, 1),
                                  "agreement": sum(a == b for a, b in zip(all_ours, theirs)) / len(all_pairs)}
         for name in sets:
@@ -239,17 +241,8 @@ def main(args: argparse.Namespace) -> dict:
                     "expected": e, "lightrl": a, "math_verify": b, "right": who, "why": why})
 
     _print(report)
-    out = Path(args.out) if args.out else RESULTS / f"verifier-cpu-{report['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {common.write_json(report, 'verifier', 'cpu', args.out)}")
     return report
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
 
 
 def _print(report: dict) -> None:
