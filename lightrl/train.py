@@ -229,34 +229,28 @@ def train(cfg: Config) -> str:
                     mb["ref_logp"] = linear_logprobs(forward_hidden(ref_model, mb),
                                                      _w(ref_model.get_output_embeddings().weight, amp_dtype),
                                                      mb["targets"], temperature=cfg.temperature, backend=cfg.backend)
-        sums, stepped = {}, False
+        stepped = False
         for update in range(cfg.updates_per_batch if skip_reason is None else 0):
             optimizer.zero_grad(set_to_none=True)
-            loss_total = 0.0
-            for j, mb in enumerate(tqdm(micro, desc="update", leave=False, disable=not cfg.progress)):
+
+            def loss_of(mb):
                 hidden = forward_hidden(model, mb)
-                loss, metrics = fused_policy_loss(
+                out = fused_policy_loss(
                     hidden, _w(weight, amp_dtype), mb["targets"], mb.get("old_logp"), mb.get("ref_logp"), mb["adv"],
                     mb["mask"], mb["seq_index"], row, temperature=cfg.temperature, loss_constant=loss_constant,
                     backend=cfg.backend)
-                # fused_policy_loss aggregates within its micro-batch; this share makes the sum the whole batch's.
-                share = (int(mb["mask"].sum()) / max(totals["tokens"], 1) if row.aggregate == "token_mean"
-                         else int(mb["nonempty"]) / max(totals["seqs"], 1))
-                (loss * share).backward()
-                loss_total += loss.item() * share
-                if update == 0:
-                    for k, v in metrics.items():
-                        k = LOSS_METRIC_NAMES.get(k, k)
-                        if k == "ratio_max":
-                            m[k] = max(m.get(k, 0.0), v.item())
-                        else:  # token-weighted mean over micro-batches
-                            sums[k] = sums.get(k, 0.0) + v.item() * int(mb["mask"].sum())
-                    if j == 0:  # entropy estimated on the first micro-batch (one extra vocab pass, no grad)
-                        with torch.no_grad():
-                            _, ent = linear_logprobs(hidden.detach(), _w(weight, amp_dtype).detach(), mb["targets"],
-                                                     temperature=cfg.temperature, return_entropy=True,
-                                                     backend=cfg.backend)
-                            m["entropy"] = (ent[mb["mask"]].mean().item() if mb["mask"].any() else 0.0)
+                if update == 0 and mb is micro[0]:  # entropy estimated on the first micro-batch (no grad)
+                    with torch.no_grad():
+                        _, ent = linear_logprobs(hidden.detach(), _w(weight, amp_dtype).detach(), mb["targets"],
+                                                 temperature=cfg.temperature, return_entropy=True,
+                                                 backend=cfg.backend)
+                        m["entropy"] = (ent[mb["mask"]].mean().item() if mb["mask"].any() else 0.0)
+                return out
+
+            loss_total, metrics = accumulate_gradients(
+                tqdm(micro, desc="update", leave=False, disable=not cfg.progress), row, totals, loss_of)
+            if update == 0:  # like the loss: the first update, where the batch is on-policy
+                m.update({LOSS_METRIC_NAMES.get(k, k): v for k, v in metrics.items()})
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                        else float("inf"))
             if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
@@ -266,7 +260,7 @@ def train(cfg: Config) -> str:
                 break
             optimizer.step()
             stepped = True
-            if update == 0:  # like the loss metrics: the first update, where the batch is on-policy
+            if update == 0:
                 m.update(loss=loss_total, grad_norm=grad_norm.item())
         if stepped:
             scheduler.step()
@@ -275,8 +269,6 @@ def train(cfg: Config) -> str:
         if skip_reason is not None:
             tqdm.write(f"lightrl: step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
         m["skipped"] = int(skip_reason is not None)
-        for k, v in sums.items():
-            m[k] = v / max(totals["tokens"], 1)
         t_end = time.time()
 
         # 5. log, evaluate, checkpoint.
@@ -307,6 +299,37 @@ def train(cfg: Config) -> str:
 
 # fused_policy_loss's metrics, renamed where the loop logs a different quantity under the same name.
 LOSS_METRIC_NAMES = {"kept_frac": "nonzero_adv_token_frac", "entropy_mean": "entropy_loss_term"}
+
+
+def accumulate_gradients(micro, row, totals: dict, loss_of) -> tuple[float, dict]:
+    """Backward of the whole batch's loss, one micro-batch at a time.
+
+    micro: micro-batches from _micro_batch (each with "mask" [N] bool and "nonempty", its count of
+    sequences with a mask token); totals: {"tokens", "seqs"} of the same over the whole batch;
+    loss_of(mb) -> fused_policy_loss(...) on mb alone. fused_policy_loss aggregates within its
+    micro-batch, so each loss is scaled by that micro-batch's share of the batch's denominator: its
+    mask tokens for token_mean, its non-empty sequences for every per-sequence aggregate (their
+    denominators are S' or S' * loss_constant, and a constant loss_constant is the same in every
+    micro-batch). The gradients then sum to the whole batch's.
+    Returns (loss float, metrics: floats, token-weighted means over micro-batches; ratio_max the max).
+    """
+    loss_total, sums, ratio_max = 0.0, {}, 0.0
+    for mb in micro:
+        loss, metrics = loss_of(mb)
+        tokens = int(mb["mask"].sum())
+        share = (tokens / max(totals["tokens"], 1) if row.aggregate == "token_mean"
+                 else int(mb["nonempty"]) / max(totals["seqs"], 1))
+        (loss * share).backward()
+        loss_total += loss.item() * share
+        for k, v in metrics.items():
+            if k == "ratio_max":
+                ratio_max = max(ratio_max, v.item())
+            else:
+                sums[k] = sums.get(k, 0.0) + v.item() * tokens
+    out = {k: v / max(totals["tokens"], 1) for k, v in sums.items()}
+    if sums:
+        out["ratio_max"] = ratio_max
+    return loss_total, out
 
 
 def _has_vllm() -> bool:
