@@ -65,6 +65,25 @@ def aggregation_scalars(count, loss_constant):
     return torch.stack([1.0 / tokens, 1.0 / seqs, 1.0 / (seqs * c)]).float()
 
 
+def kl_terms(logp, ref_logp, mask, estimator: str):
+    """Per-token estimator of KL(pi || ref) and its derivative w.r.t. logp (the one definition,
+    used by the loss and by the training loop's KL-in-reward).
+
+    logp, ref_logp [n] (any float dtype), mask [n] bool, estimator one of KL_CODES.
+    Returns (k [n] f32, dk_dlogp [n] f32), both 0 outside the mask. With
+    u = clamp(ref - logp, -KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP): k1 = -u, k2 = u^2 / 2,
+    k3 = exp(u) - 1 - u; "kN+" has kN's value and k2's derivative; outside the clamp the
+    derivative is 0.
+    """
+    code = KL_CODES[estimator]
+    u_raw = torch.where(mask, ref_logp.float() - logp.detach().float(), 0.0)
+    u = u_raw.clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
+    k = -u if code == 1 else (0.5 * u * u if code == 2 else torch.expm1(u) - u)
+    dk_du = u if (estimator.endswith("+") or code == 2) else (-torch.ones_like(u) if code == 1 else torch.expm1(u))
+    dk = torch.where(mask & (u_raw.abs() <= KL_LOG_RATIO_CLAMP), -dk_du, 0.0)  # du/dlogp = -1
+    return torch.where(mask, k, 0.0), dk
+
+
 def token_terms(logp, old_logp, ref_logp, adv, mask, seq_index, entropy, count, seq_lr, scalars, row):
     """Per-token math for a contiguous slice of tokens.
 
@@ -119,15 +138,9 @@ def token_terms(logp, old_logp, ref_logp, adv, mask, seq_index, entropy, count, 
     loss_t, grad_t = pg, dpg
     kl_sum = zero.sum()
     if ref_logp is not None:
-        u_raw = torch.where(mask, ref_logp.float() - logp, 0.0)
-        u = u_raw.clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
-        code = KL_CODES[row.kl_estimator]
-        k = -u if code == 1 else (0.5 * u * u if code == 2 else torch.expm1(u) - u)
-        kl_sum = torch.where(mask, k, 0.0).sum()
+        k, dk = kl_terms(logp, ref_logp, mask, row.kl_estimator)
+        kl_sum = k.sum()
         if row.kl_in_loss:
-            dk_du = u if (row.kl_estimator.endswith("+") or code == 2) else (
-                -torch.ones_like(u) if code == 1 else torch.expm1(u))
-            dk = torch.where(u_raw.abs() <= KL_LOG_RATIO_CLAMP, -dk_du, 0.0)  # du/dlogp = -1
             loss_t = loss_t + row.kl_coef * k
             grad_t = grad_t + row.kl_coef * dk
     grad_ent = None

@@ -31,6 +31,7 @@ from lightrl import checkpoint
 from lightrl.config import Config, save_config, validate
 from lightrl.data import PromptSampler, load_rows, prompt_text
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
+from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import MetricsLog
 from lightrl.rewards.math import get_stats, score_batch
 from lightrl.rewards.rules import format_reward, overlong_penalty
@@ -201,7 +202,7 @@ def train(cfg: Config) -> str:
         if nonfinite:
             skip_reason = "non-finite reward"
         if row.kl_in_reward and skip_reason is None:
-            kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg)
+            kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg, row)
             rewards_t = rewards_t - row.kl_coef * kl
         adv, keep = group_advantages(rewards_t, group_n, row, lengths=torch.tensor(lengths), backend=cfg.backend) \
             if groups else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
@@ -465,10 +466,8 @@ def _w(weight, amp_dtype):
 
 
 @torch.no_grad()
-def _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg) -> torch.Tensor:
-    """Per-sequence sum of the row's KL estimator of KL(pi || ref) over completion tokens [B] (kl_in_reward)."""
-    from lightrl.kernels.policy_loss_torch import KL_LOG_RATIO_CLAMP
-    row = cfg.algo_row()
+def _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg, row) -> torch.Tensor:
+    """Per-sequence sum over mask tokens of the row's KL(pi || ref) estimator, [B] f32 (kl_in_reward)."""
     device = weight.device
     out = torch.zeros(len(batch))
     for i in range(0, len(batch), cfg.micro_batch):
@@ -477,9 +476,8 @@ def _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg
                              temperature=cfg.temperature, backend=cfg.backend)
         ref = linear_logprobs(forward_hidden(ref_model, mb), _w(ref_model.get_output_embeddings().weight, amp_dtype),
                               mb["targets"], temperature=cfg.temperature, backend=cfg.backend)
-        u = (ref - lp).clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
-        k = {"k1": -u, "k2": u * u / 2, "k3": torch.expm1(u) - u}[row.kl_estimator.rstrip("+")]
-        out.index_add_(0, mb["seq_index"].cpu() + i, (k * mb["mask"]).float().cpu())
+        k, _ = kl_terms(lp, ref, mb["mask"], row.kl_estimator)
+        out.index_add_(0, mb["seq_index"].cpu() + i, k.cpu())
     return out
 
 

@@ -59,12 +59,53 @@ def test_every_algo_runs_two_steps(algo, warm_model, tmp_path):
     assert all(0 <= r["reward_mean"] <= 1 and r["samples"] >= 4 * 4 for r in rows)
 
 
-def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path):
-    run = train(small(tmp_path, "klr", algo="grpo", model=warm_model,
-                      row={"kl_in_reward": "true", "entropy_coef": "0.01"}))
+def _k3_per_sequence(model, ref_model, batch, temperature):
+    """KL(pi || ref) k3 estimate summed over each sequence's counted tokens, from full logits."""
+    out = []
+    with torch.no_grad():
+        for s in batch:
+            ids = torch.tensor([s["prompt"] + s["comp"]])
+            p, n = len(s["prompt"]), len(s["comp"])
+            target = ids[0, p:]
+
+            def logp(net):
+                z = net(input_ids=ids, use_cache=False).logits[0, p - 1:p + n - 1].float() / temperature
+                return torch.log_softmax(z, -1).gather(1, target[:, None])[:, 0]
+            u = logp(ref_model) - logp(model)
+            out.append(float((torch.exp(u) - 1 - u).sum()) if s["counts"] else 0.0)
+    return torch.tensor(out)
+
+
+def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
+    # The rewards that reach group_advantages are the verifier's minus kl_coef * (sequence KL).
+    seen = []
+    real_rewards, real_kl, real_adv = lightrl.train._rewards, lightrl.train._sequence_kl, lightrl.train.group_advantages
+
+    def rewards(*a, **k):
+        out = real_rewards(*a, **k)
+        seen.append({"raw": torch.tensor(out[0])})
+        return out
+
+    def sequence_kl(model, ref_model, batch, *a):
+        seen[-1]["kl"] = _k3_per_sequence(model, ref_model, batch, 0.7)
+        return real_kl(model, ref_model, batch, *a)
+
+    def group_advantages(r, *a, **k):
+        seen[-1]["shaped"] = r.clone()
+        return real_adv(r, *a, **k)
+
+    monkeypatch.setattr(lightrl.train, "_rewards", rewards)
+    monkeypatch.setattr(lightrl.train, "_sequence_kl", sequence_kl)
+    monkeypatch.setattr(lightrl.train, "group_advantages", group_advantages)
+    run = train(small(tmp_path, "klr", algo="grpo", model=warm_model, steps=3, temperature=0.7,
+                      row={"kl_in_reward": "true", "entropy_coef": "0.01", "kl_coef": "0.5"}))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
     assert all(finite_numbers(r) and not r["skipped"] for r in rows)
     assert rows[0]["entropy_loss_term"] > 0
+    assert len(seen) == 3 and seen[0]["kl"].abs().max() < 1e-5  # step 1: the policy is the reference
+    assert seen[-1]["kl"].max() > 1e-3  # later the policy has moved (the entropy bonus alone moves it)
+    for s in seen:
+        torch.testing.assert_close(s["shaped"], s["raw"] - 0.5 * s["kl"], rtol=0, atol=1e-4)
 
 
 def test_resume_continues_exactly(tmp_path):
