@@ -14,9 +14,8 @@ import torch
 
 from lightrl.kernels import fused_policy_loss_torch, logprobs_torch, policy_loss_torch
 from lightrl.kernels.backend import resolve_backend
-from lightrl.kernels.logprobs import _check as check_logprob_inputs
-from lightrl.kernels.policy_loss import _impl as policy_impl
-from lightrl.kernels.policy_loss import check_inputs
+from lightrl.kernels.logprobs import check_logprob_inputs
+from lightrl.kernels.policy_loss import check_inputs, policy_impl
 
 
 class _FusedPolicyLoss(torch.autograd.Function):

@@ -36,7 +36,8 @@ class _LinearLogprobs(torch.autograd.Function):
         return None, grad_hidden, grad_weight, None, None, None
 
 
-def _check(hidden, weight, targets, temperature):
+def check_logprob_inputs(hidden, weight, targets, temperature):
+    """Validate shapes, dtypes, devices, temperature and target ids of a log-prob call; raise naming the bad input."""
     if hidden.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"hidden must be [N, D] and weight [V, D]; got hidden {tuple(hidden.shape)}, "
                          f"weight {tuple(weight.shape)} (flatten batch and sequence dims into N first)")
@@ -73,7 +74,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, return_entropy=
     backend: "auto" (triton on CUDA, torch elsewhere), "triton", "torch", or "reference"
     (materialises the logits; for tests).
     """
-    _check(hidden, weight, targets, temperature)
+    check_logprob_inputs(hidden, weight, targets, temperature)
     name = resolve_backend(backend, hidden.device)
     temperature = float(temperature)
     if name == "reference":

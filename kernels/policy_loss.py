@@ -9,11 +9,15 @@ from lightrl.kernels import policy_loss_torch
 from lightrl.kernels.backend import resolve_backend
 
 
-def _impl(name):
+def policy_impl(name):
+    """The backend module (policy_loss_triton or policy_loss_torch) providing policy_loss_terms."""
     if name == "triton":
         from lightrl.kernels import policy_loss_triton  # imported late: only where Triton can run
         return policy_loss_triton
     return policy_loss_torch
+
+
+_impl = policy_impl  # old name, still imported by bench/bench_policy_loss.py; drop once bench uses policy_impl
 
 
 class _PolicyLoss(torch.autograd.Function):
@@ -106,6 +110,6 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, e
     if name == "reference":
         return policy_loss_torch.reference_policy_loss(
             logp, old_logp, ref_logp, adv_tok.detach(), mask, seq_index, entropy, num_seqs, row, loss_constant)
-    loss, parts = _PolicyLoss.apply(_impl(name), logp, entropy, old_logp, ref_logp, adv_tok.detach(), mask,
+    loss, parts = _PolicyLoss.apply(policy_impl(name), logp, entropy, old_logp, ref_logp, adv_tok.detach(), mask,
                                     seq_index, num_seqs, row, loss_constant)
     return loss, policy_loss_torch.finish_metrics(parts)
