@@ -201,9 +201,12 @@ def train(cfg: Config) -> str:
         skip_reason, nonfinite = None, not bool(torch.isfinite(rewards_t).all())
         if nonfinite:
             skip_reason = "non-finite reward"
+        reward_kl_mean = None
         if row.kl_in_reward and skip_reason is None:
             kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg, row)
             rewards_t = rewards_t - row.kl_coef * kl
+            # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
+            reward_kl_mean = kl.sum().item() / max(sum(len(s["comp"]) for s in batch if s["counts"]), 1)
         adv, keep = group_advantages(rewards_t, group_n, row, lengths=torch.tensor(lengths), backend=cfg.backend) \
             if groups else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         m["kept_frac"] = keep.float().mean().item() if keep.numel() else 0.0
@@ -263,6 +266,8 @@ def train(cfg: Config) -> str:
             stepped = True
             if update == 0:
                 m.update(loss=loss_total, grad_norm=grad_norm.item())
+        if reward_kl_mean is not None:
+            m["kl_mean"] = reward_kl_mean
         if stepped:
             scheduler.step()
             engine.sync_weights(model)

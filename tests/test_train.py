@@ -104,8 +104,12 @@ def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
     assert rows[0]["entropy_loss_term"] > 0
     assert len(seen) == 3 and seen[0]["kl"].abs().max() < 1e-5  # step 1: the policy is the reference
     assert seen[-1]["kl"].max() > 1e-3  # later the policy has moved (the entropy bonus alone moves it)
-    for s in seen:
+    for s, r in zip(seen, rows):
         torch.testing.assert_close(s["shaped"], s["raw"] - 0.5 * s["kl"], rtol=0, atol=1e-4)
+        # kl_mean reports this KL (per token), not the loss' (which has no ref_logp with kl_in_reward)
+        assert r["kl_mean"] == pytest.approx(float(s["kl"].sum()) / (r["completion_len_mean"] * r["samples"]),
+                                             rel=1e-3, abs=1e-7)
+    assert rows[-1]["kl_mean"] > 0
 
 
 def test_resume_continues_exactly(tmp_path):
