@@ -5,12 +5,15 @@ from lightrl.kernels import advantage_torch
 from lightrl.kernels.backend import resolve_backend
 
 
-def group_advantages(rewards, group, row, *, lengths=None, backend="auto"):
+def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend="auto"):
     """Advantages of ``row`` (lightrl.algos.AlgoRow) for rewards of grouped samples.
 
     rewards [B] float; group: an int group size (samples g*size .. (g+1)*size-1 form
     group g; B must be a multiple) or an int64 index [B] (any ids, any order);
     lengths [B] (completion lengths, needed when row.keep == "top_k").
+    rewards are the verifier's scores: row.reward_map applies to them and the keep filters
+    decide on them. shaping [B] (format, overlong and KL-in-reward terms) is added after
+    the map, so pm1 does not double it, and enters baseline, scale and top_k's reward per token.
     Returns (advantages [B] f32, keep [B] bool): advantages are computed over the kept
     samples and are 0 elsewhere; never NaN (a group of one, equal rewards and a fully
     filtered batch give zeros). Math in advantage_torch.py.
@@ -28,13 +31,15 @@ def group_advantages(rewards, group, row, *, lengths=None, backend="auto"):
             raise ValueError(f"group index must be int64 [B={b}], got {group.dtype} {tuple(group.shape)}")
         ids, gid = torch.unique(group, return_inverse=True)
         num_groups = ids.numel()
+    if shaping is not None and shaping.shape != (b,):
+        raise ValueError(f"shaping must be [B={b}] like rewards, got {tuple(shaping.shape)}")
     if row.keep == "top_k":
         if lengths is None or lengths.shape != (b,):
             raise ValueError(f"row.keep='top_k' (by {row.top_k_by}) needs lengths [B={b}]")
     name = resolve_backend(backend, dev)
     if name == "reference":
-        return advantage_torch.reference_group_advantages(rewards, gid, num_groups, row, lengths)
+        return advantage_torch.reference_group_advantages(rewards, gid, num_groups, row, lengths, shaping)
     if name == "triton":
         from lightrl.kernels import advantage_triton  # imported late: only where Triton can run
-        return advantage_triton.group_advantages_triton(rewards, gid, num_groups, row, lengths)
-    return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths)
+        return advantage_triton.group_advantages_triton(rewards, gid, num_groups, row, lengths, shaping)
+    return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths, shaping)

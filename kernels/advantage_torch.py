@@ -1,12 +1,16 @@
 """Plain-PyTorch twin of the group-advantage kernel, and a per-group loop reference.
 
-For each group (the completions of one prompt), with r the mapped rewards:
-  keep      see lightrl.algos.AlgoRow.keep ("correct" = r > 0; top_k ties go to the earlier sample)
-  baseline  group_mean: mean of the kept r; leave_one_out: mean of the other kept r
-  scale     group_std: unbiased std of the kept r of the group; batch_std: unbiased std of
+For each group (the completions of one prompt), with r the mapped rewards (reward_map applied
+to the verifier's scores) and t = r + shaping (format / overlong / KL terms, added after the map
+so pm1 does not rescale them):
+  keep      see lightrl.algos.AlgoRow.keep, decided on r ("correct" = r > 0: DAPO filters groups
+            by accuracy, not by shaped reward); top_k ranks by length or by t / length, ties go
+            to the earlier sample
+  baseline  group_mean: mean of the kept t; leave_one_out: mean of the other kept t
+  scale     group_std: unbiased std of the kept t of the group; batch_std: unbiased std of
             all kept advantages of the batch (after the baseline); a std over fewer than
             two samples is 0, and row.std_eps keeps the division finite.
-  advantage (r - baseline) / (scale + std_eps) on kept samples, 0 elsewhere. A group with
+  advantage (t - baseline) / (scale + std_eps) on kept samples, 0 elsewhere. A group with
             a single kept sample gets advantage 0 under either baseline.
 """
 import torch
@@ -23,9 +27,10 @@ def sort_key(r, lengths, row):
     return lengths if row.top_k_by == "length" else -(r / lengths.clamp(min=1.0))
 
 
-def group_advantages_torch(rewards, gid, num_groups: int, row, lengths=None):
-    """rewards [B], gid [B] int64 in [0, G). Returns (advantages [B] f32, keep [B] bool)."""
+def group_advantages_torch(rewards, gid, num_groups: int, row, lengths=None, shaping=None):
+    """rewards [B], gid [B] int64 in [0, G), shaping [B] or None. Returns (advantages [B] f32, keep [B] bool)."""
     r = mapped_rewards(rewards, row)
+    t = r if shaping is None else r + shaping.float()
     b = r.shape[0]
     dev = r.device
 
@@ -46,7 +51,7 @@ def group_advantages_torch(rewards, gid, num_groups: int, row, lengths=None):
         keep = (gmin <= 0)[gid]
     else:
         # Stable sorts: by key, then by group -> each group's samples in key order.
-        order = torch.argsort(sort_key(r, lengths, row), stable=True)
+        order = torch.argsort(sort_key(t, lengths, row), stable=True)
         order = order[torch.argsort(gid[order], stable=True)]
         sizes = seg_sum(torch.ones(b, device=dev))
         starts = torch.cumsum(sizes, 0) - sizes
@@ -55,17 +60,17 @@ def group_advantages_torch(rewards, gid, num_groups: int, row, lengths=None):
         keep = rank < row.top_k
     kf = keep.float()
     n = seg_sum(kf)
-    total = seg_sum(r * kf)
+    total = seg_sum(t * kf)
     mean = total / n.clamp(min=1.0)
     if row.baseline == "none":
-        a = r
+        a = t
     elif row.baseline == "group_mean":
-        a = r - mean[gid]
+        a = t - mean[gid]
     else:
         others = (n[gid] - 1.0).clamp(min=1.0)
-        a = torch.where(n[gid] > 1, r - (total[gid] - r) / others, 0.0)
+        a = torch.where(n[gid] > 1, t - (total[gid] - t) / others, 0.0)
     if row.scale == "group_std":
-        var = seg_sum((r - mean[gid]) ** 2 * kf) / (n - 1.0).clamp(min=1.0)
+        var = seg_sum((t - mean[gid]) ** 2 * kf) / (n - 1.0).clamp(min=1.0)
         a = a / (var.sqrt()[gid] + row.std_eps)
     a = torch.where(keep, a, 0.0)
     if row.scale == "batch_std":
@@ -81,9 +86,10 @@ def batch_std(a, keep):
     return (((a - mean) ** 2 * kf).sum() / (nk - 1.0).clamp(min=1.0)).sqrt()
 
 
-def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None):
+def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None, shaping=None):
     """The same, one group at a time in plain Python (ground truth for tests)."""
     r = mapped_rewards(rewards, row)
+    t = r if shaping is None else r + shaping.float()
     adv = torch.zeros_like(r)
     keep = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
     for g in range(num_groups):
@@ -102,10 +108,11 @@ def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None)
         elif row.keep == "drop_all_correct":
             k = [not all(v > 0 for v in vals)] * len(idx)
         else:
-            keys = [float(x) for x in sort_key(r[idx], lengths[idx], row)]
+            keys = [float(x) for x in sort_key(t[idx], lengths[idx], row)]
             ranked = sorted(range(len(idx)), key=lambda j: (keys[j], j))
             k = [ranked.index(j) < row.top_k for j in range(len(idx))]
-        kept = [v for v, kk in zip(vals, k) if kk]
+        totals = [float(t[i]) for i in idx]
+        kept = [v for v, kk in zip(totals, k) if kk]
         n = len(kept)
         mean = sum(kept) / n if n else 0.0
         std = (sum((v - mean) ** 2 for v in kept) / (n - 1)) ** 0.5 if n > 1 else 0.0
@@ -113,7 +120,7 @@ def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None)
             if not k[j]:
                 continue
             keep[i] = True
-            v = vals[j]
+            v = totals[j]
             if row.baseline == "none":
                 a = v
             elif row.baseline == "group_mean":

@@ -24,7 +24,7 @@ def _broadcast(flag, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _group_kernel(r_ptr, key_ptr, perm_ptr, start_ptr, size_ptr, adv_ptr, keep_ptr, top_k, std_eps,
+def _group_kernel(r_ptr, t_ptr, key_ptr, perm_ptr, start_ptr, size_ptr, adv_ptr, keep_ptr, top_k, std_eps,
                   KEEP: tl.constexpr, BASELINE: tl.constexpr, GROUP_STD: tl.constexpr, BLOCK: tl.constexpr):
     g = tl.program_id(0)
     start = tl.load(start_ptr + g)
@@ -32,7 +32,8 @@ def _group_kernel(r_ptr, key_ptr, perm_ptr, start_ptr, size_ptr, adv_ptr, keep_p
     lane = tl.arange(0, BLOCK)
     valid = lane < size
     idx = tl.load(perm_ptr + start + lane, mask=valid, other=0)
-    r = tl.load(r_ptr + idx, mask=valid, other=0.0)
+    r = tl.load(r_ptr + idx, mask=valid, other=0.0)  # mapped scores: the filter
+    t = tl.load(t_ptr + idx, mask=valid, other=0.0)  # plus shaping: the advantage
     gmax = tl.max(tl.where(valid, r, -float("inf")), axis=0)
     gmin = tl.min(tl.where(valid, r, float("inf")), axis=0)
     if KEEP == 0:
@@ -55,16 +56,16 @@ def _group_kernel(r_ptr, key_ptr, perm_ptr, start_ptr, size_ptr, adv_ptr, keep_p
         keep = valid & (rank < top_k)
     kf = keep.to(tl.float32)
     n = tl.sum(kf, axis=0)
-    total = tl.sum(r * kf, axis=0)
+    total = tl.sum(t * kf, axis=0)
     mean = total / tl.maximum(n, 1.0)
     if BASELINE == 0:
-        a = r
+        a = t
     elif BASELINE == 1:
-        a = r - mean
+        a = t - mean
     else:
-        a = tl.where(n > 1, r - (total - r) / tl.maximum(n - 1.0, 1.0), 0.0)
+        a = tl.where(n > 1, t - (total - t) / tl.maximum(n - 1.0, 1.0), 0.0)
     if GROUP_STD:
-        dev = (r - mean) * kf
+        dev = (t - mean) * kf
         std = tl.sqrt(tl.sum(dev * dev, axis=0) / tl.maximum(n - 1.0, 1.0))
         a = a / (std + std_eps)
     a = tl.where(keep, a, 0.0)
@@ -72,9 +73,10 @@ def _group_kernel(r_ptr, key_ptr, perm_ptr, start_ptr, size_ptr, adv_ptr, keep_p
     tl.store(keep_ptr + idx, keep.to(tl.int8), mask=valid)
 
 
-def group_advantages_triton(rewards, gid, num_groups: int, row, lengths=None):
+def group_advantages_triton(rewards, gid, num_groups: int, row, lengths=None, shaping=None):
     """Same contract as advantage_torch.group_advantages_torch."""
     r = advantage_torch.mapped_rewards(rewards, row).contiguous()
+    t = r if shaping is None else (r + shaping.float()).contiguous()
     b = r.shape[0]
     adv = torch.zeros(b, dtype=torch.float32, device=r.device)
     keep = torch.zeros(b, dtype=torch.int8, device=r.device)
@@ -83,10 +85,10 @@ def group_advantages_triton(rewards, gid, num_groups: int, row, lengths=None):
     perm = torch.argsort(gid, stable=True)
     sizes = torch.bincount(gid, minlength=num_groups)
     starts = torch.cumsum(sizes, 0) - sizes
-    key = advantage_torch.sort_key(r, lengths, row).contiguous() if row.keep == "top_k" else r
+    key = advantage_torch.sort_key(t, lengths, row).contiguous() if row.keep == "top_k" else r
     block = max(16, triton.next_power_of_2(int(sizes.max())))
     _group_kernel[(num_groups,)](
-        r, key, perm, starts, sizes, adv, keep, row.top_k, row.std_eps,
+        r, t, key, perm, starts, sizes, adv, keep, row.top_k, row.std_eps,
         KEEP=KEEP_CODES[row.keep], BASELINE=BASELINE_CODES[row.baseline], GROUP_STD=row.scale == "group_std",
         BLOCK=block)
     keep = keep.bool()

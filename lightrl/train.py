@@ -170,18 +170,19 @@ def train(cfg: Config) -> str:
             prompts = [encode(rows[i]["question"]) for i in idx]
             comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step * 64 + rounds)
-            rewards, scores = _rewards(comps, [rows[i]["answer"] for i in idx for _ in range(group_n)],
+            scores, shaping = _rewards(comps, [rows[i]["answer"] for i in idx for _ in range(group_n)],
                                        tokenizer, cfg, row)
             sampled += len(comps)
-            all_rewards += rewards
+            all_rewards += [s + x for s, x in zip(scores, shaping)]
             all_scores += scores
-            new = [{"prompt": prompts[g], "comps": comps[g * group_n:(g + 1) * group_n],
-                    "rewards": rewards[g * group_n:(g + 1) * group_n]} for g in range(len(idx))]
+            cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
+            new = [{"prompt": prompts[g], "comps": cut(comps, g), "scores": cut(scores, g),
+                    "shaping": cut(shaping, g)} for g in range(len(idx))]
             if not row.refill:
                 groups = new
                 break
-            _, keep = group_advantages(torch.tensor(rewards), group_n, row, lengths=_lengths(comps),
-                                       backend=cfg.backend)
+            _, keep = group_advantages(torch.tensor(scores), group_n, row, lengths=_lengths(comps),
+                                       shaping=torch.tensor(shaping), backend=cfg.backend)
             groups += [grp for g, grp in enumerate(new) if keep[g * group_n:(g + 1) * group_n].any()]
             rounds += 1
             if len(groups) >= cfg.prompts_per_step or rounds > cfg.max_refills:
@@ -197,18 +198,19 @@ def train(cfg: Config) -> str:
 
         # 3. advantages over the final batch; only kept sequences go on to the update.
         batch = _to_batch(groups, truncated, cfg.mask_truncated)
-        rewards_t = torch.tensor(_flat(groups, "rewards"), dtype=torch.float32)
-        skip_reason, nonfinite = None, not bool(torch.isfinite(rewards_t).all())
+        scores_t = torch.tensor(_flat(groups, "scores"), dtype=torch.float32)
+        shaping_t = torch.tensor(_flat(groups, "shaping"), dtype=torch.float32)
+        skip_reason, nonfinite = None, not bool(torch.isfinite(scores_t + shaping_t).all())
         if nonfinite:
             skip_reason = "non-finite reward"
         reward_kl_mean = None
         if row.kl_in_reward and skip_reason is None:
             kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg, row)
-            rewards_t = rewards_t - row.kl_coef * kl
+            shaping_t = shaping_t - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
             reward_kl_mean = kl.sum().item() / max(sum(len(s["comp"]) for s in batch if s["counts"]), 1)
-        adv, keep = group_advantages(rewards_t, group_n, row, lengths=torch.tensor(lengths), backend=cfg.backend) \
-            if groups else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+        adv, keep = group_advantages(scores_t, group_n, row, lengths=torch.tensor(lengths), shaping=shaping_t,
+                                     backend=cfg.backend) if groups else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         m["kept_frac"] = keep.float().mean().item() if keep.numel() else 0.0
         if skip_reason is None and not keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
@@ -405,17 +407,19 @@ def _apply_liger(model) -> None:
 
 
 def _rewards(comps, golds, tokenizer, cfg, row):
-    """(rewards, verifier scores): correctness, plus format and overlong terms when configured."""
+    """(verifier scores, shaping terms: format and overlong, when configured); the reward is their sum.
+
+    Kept apart because the row's reward_map and keep filter act on the scores alone."""
     texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
     scores = score_batch(golds, texts)
-    rewards = list(scores)
+    shaping = [0.0] * len(scores)
     buffer = row.overlong_buffer_tokens(cfg.max_new_tokens)
     for i, (text, ids) in enumerate(zip(texts, comps)):
         if cfg.format_weight:
-            rewards[i] += cfg.format_weight * format_reward(text)
+            shaping[i] += cfg.format_weight * format_reward(text)
         if row.overlong_penalty and buffer:
-            rewards[i] += overlong_penalty(len(ids), cfg.max_new_tokens, buffer, row.overlong_penalty)
-    return rewards, scores
+            shaping[i] += overlong_penalty(len(ids), cfg.max_new_tokens, buffer, row.overlong_penalty)
+    return list(scores), shaping
 
 
 def _lengths(comps) -> torch.Tensor:

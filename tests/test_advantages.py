@@ -10,8 +10,8 @@ from lightrl.kernels import group_advantages
 BACKENDS = ["torch", "triton", "reference"]
 
 
-def run_all(rewards, group, row, lengths=None):
-    out = {b: group_advantages(rewards, group, row, lengths=lengths, backend=b) for b in BACKENDS}
+def run_all(rewards, group, row, lengths=None, shaping=None):
+    out = {b: group_advantages(rewards, group, row, lengths=lengths, shaping=shaping, backend=b) for b in BACKENDS}
     for b in ("torch", "triton"):
         torch.testing.assert_close(out[b][0], out["reference"][0], rtol=1e-6, atol=1e-6, msg=b)
         assert torch.equal(out[b][1], out["reference"][1]), b
@@ -126,3 +126,29 @@ def test_bad_group_arguments():
         group_advantages(torch.ones(6), 4, ALGOS["grpo"])
     with pytest.raises(ValueError, match="group index must be int64"):
         group_advantages(torch.ones(4), torch.zeros(4, dtype=torch.int32), ALGOS["grpo"])
+
+
+@pytest.mark.interpret
+def test_shaping_is_added_after_the_reward_map_and_filters_use_scores():
+    # reinforce (pm1, no baseline): advantage = 2 score - 1 + shaping, the shaping not doubled.
+    scores = torch.tensor([1., 0, 1, 0])
+    shaping = torch.tensor([-0.25, -0.5, 0.0, 0.1])
+    adv, _ = run_all(scores, 4, ALGOS["reinforce"], shaping=shaping)
+    assert adv.tolist() == pytest.approx([0.75, -1.5, 1.0, -0.9])
+    # dapo keeps mixed groups by accuracy (DAPO filters on accuracy): an all-correct group whose
+    # overlong penalties differ is dropped, an all-wrong one too; a mixed group is normalized
+    # over its shaped rewards.
+    scores = torch.tensor([1., 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0])
+    shaping = torch.tensor([0, -0.5, 0, 0, 0, -0.3, -1, 0, -0.5, 0, 0, -1])
+    adv, keep = run_all(scores, 4, ALGOS["dapo"], shaping=shaping)
+    assert keep.tolist() == [False] * 8 + [True] * 4 and adv[:8].abs().max() == 0
+    t = torch.tensor([0.5, 0.0, 1.0, -1.0])
+    assert adv[8:].tolist() == pytest.approx(((t - t.mean()) / (t.std() + 1e-4)).tolist())
+    # raft: positives by score; advantage = mapped score + shaping.
+    adv, keep = run_all(scores[8:], 4, ALGOS["raft"], shaping=shaping[8:])
+    assert keep.tolist() == [True, False, True, False] and adv.tolist() == pytest.approx([0.5, 0, 1.0, 0])
+    # gfpo by reward per token ranks the shaped reward.
+    lengths = torch.tensor([2, 4, 2, 4])
+    row = get_algo("gfpo", top_k=1, top_k_by="reward_per_token", scale="none", baseline="none")
+    _, keep = run_all(torch.ones(4), 4, row, lengths=lengths, shaping=torch.tensor([-0.5, 0, 0, 0]))
+    assert keep.tolist() == [False, False, True, False]

@@ -77,13 +77,13 @@ def _k3_per_sequence(model, ref_model, batch, temperature):
 
 
 def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
-    # The rewards that reach group_advantages are the verifier's minus kl_coef * (sequence KL).
+    # group_advantages gets the verifier's scores, and as shaping the rule terms minus kl_coef * (sequence KL).
     seen = []
     real_rewards, real_kl, real_adv = lightrl.train._rewards, lightrl.train._sequence_kl, lightrl.train.group_advantages
 
     def rewards(*a, **k):
         out = real_rewards(*a, **k)
-        seen.append({"raw": torch.tensor(out[0])})
+        seen.append({"scores": torch.tensor(out[0]), "shaping": torch.tensor(out[1])})
         return out
 
     def sequence_kl(model, ref_model, batch, *a):
@@ -91,7 +91,7 @@ def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
         return real_kl(model, ref_model, batch, *a)
 
     def group_advantages(r, *a, **k):
-        seen[-1]["shaped"] = r.clone()
+        seen[-1]["got"] = (r.clone(), k["shaping"].clone())
         return real_adv(r, *a, **k)
 
     monkeypatch.setattr(lightrl.train, "_rewards", rewards)
@@ -105,7 +105,8 @@ def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
     assert len(seen) == 3 and seen[0]["kl"].abs().max() < 1e-5  # step 1: the policy is the reference
     assert seen[-1]["kl"].max() > 1e-3  # later the policy has moved (the entropy bonus alone moves it)
     for s, r in zip(seen, rows):
-        torch.testing.assert_close(s["shaped"], s["raw"] - 0.5 * s["kl"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(s["got"][0], s["scores"], rtol=0, atol=0)
+        torch.testing.assert_close(s["got"][1], s["shaping"] - 0.5 * s["kl"], rtol=0, atol=1e-4)
         # kl_mean reports this KL (per token), not the loss' (which has no ref_logp with kl_in_reward)
         assert r["kl_mean"] == pytest.approx(float(s["kl"].sum()) / (r["completion_len_mean"] * r["samples"]),
                                              rel=1e-3, abs=1e-7)
