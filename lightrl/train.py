@@ -87,6 +87,7 @@ def train(cfg: Config) -> str:
     # ---- policy, reference, optimizer -----------------------------------------------------------
     torch.manual_seed(cfg.seed)
     tokenizer, model, init_path = _load_policy(cfg, run_dir, ckpt, rows, device)
+    check_plain_lm_head(model, cfg.model)
     instruction = "" if cfg.model == "tiny" else cfg.instruction
     encode = _prompt_encoder(tokenizer, instruction, cfg.max_prompt_tokens)
     if device.type == "cuda" and cfg.liger:
@@ -372,6 +373,26 @@ def _load_policy(cfg: Config, run_dir: str, ckpt: str | None, rows: list[dict], 
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer, _from_pretrained(source, device), init_path
+
+
+def check_plain_lm_head(model, name: str) -> None:
+    """The loss computes logits as hidden @ lm_head.weight.T / temperature: refuse models whose logits
+    are more than that (an lm_head bias, Gemma-2's soft-capping, Cohere's / Granite's logit scaling),
+    since their log-probs, ratios and gradients would silently be wrong."""
+    problems = []
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        problems.append("its lm_head has a bias")
+    text_cfg = model.config.get_text_config()
+    if getattr(text_cfg, "final_logit_softcapping", None):
+        problems.append(f"final_logit_softcapping={text_cfg.final_logit_softcapping}")
+    for attr in ("logit_scale", "logits_scaling"):
+        value = getattr(text_cfg, attr, None)
+        if value is not None and value != 1:
+            problems.append(f"{attr}={value}")
+    if problems:
+        raise ValueError(f"--model {name}: {', '.join(problems)}; lightrl's fused loss takes logits as "
+                         "hidden @ lm_head.weight.T only, so its log-probs would be wrong for this model "
+                         "(Llama, Qwen2/2.5/3 and Mistral-style heads are fine)")
 
 
 def _stop_ids(tokenizer, model) -> list[int]:

@@ -3,7 +3,8 @@
 fused_policy_loss aggregates within the tokens it is given; train.accumulate_gradients scales
 each micro-batch's loss by its share of the batch's denominator. For every aggregate mode the
 gradient (and every logged metric) with micro_batch 1, 2 and "all" must equal one call of the
-reference loss on the whole batch.
+reference loss on the whole batch. Also: models whose logits are not hidden @ lm_head.weight.T
+are refused.
 """
 import pytest
 import torch
@@ -100,3 +101,21 @@ def test_micro_batches_sum_to_the_whole_batch(name, setup):
         assert grads.keys() == grads_ref.keys()
         for k in grads:
             torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-6, msg=f"{mb_size} {k}")
+
+
+def test_models_whose_logits_are_not_a_plain_lm_head_are_refused():
+    from lightrl.train import check_plain_lm_head
+    tok = tiny.build_tokenizer()
+    model = tiny.build_model(tok, seed=0, hidden=16, layers=1)
+    check_plain_lm_head(model, "tiny")  # tied, no bias, no scaling: fine
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+        check_plain_lm_head(model, "m")
+    model.config.final_logit_softcapping = None
+    model.config.logit_scale = 0.0625
+    with pytest.raises(ValueError, match="logit_scale=0.0625"):
+        check_plain_lm_head(model, "m")
+    model.config.logit_scale = 1.0
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+    with pytest.raises(ValueError, match="lm_head has a bias"):
+        check_plain_lm_head(model, "m")
