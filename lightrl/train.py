@@ -182,8 +182,7 @@ def train(cfg: Config) -> str:
             if not row.refill:
                 groups = new
                 break
-            _, keep = group_advantages(torch.tensor(scores), group_n, row, lengths=_lengths(comps),
-                                       shaping=torch.tensor(shaping), backend=cfg.backend)
+            _, keep = _advantages(scores, shaping, [len(c) for c in comps], group_n, row, device, cfg.backend)
             groups += [grp for g, grp in enumerate(new) if keep[g * group_n:(g + 1) * group_n].any()]
             rounds += 1
             if len(groups) >= cfg.prompts_per_step or rounds > cfg.max_refills:
@@ -210,8 +209,8 @@ def train(cfg: Config) -> str:
             shaping_t = shaping_t - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
             reward_kl_mean = kl.sum().item() / max(sum(len(s["comp"]) for s in batch if s["counts"]), 1)
-        adv, keep = group_advantages(scores_t, group_n, row, lengths=torch.tensor(lengths), shaping=shaping_t,
-                                     backend=cfg.backend) if groups else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+        adv, keep = _advantages(scores_t, shaping_t, lengths, group_n, row, device, cfg.backend) if groups \
+            else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         m["kept_frac"] = keep.float().mean().item() if keep.numel() else 0.0
         if skip_reason is None and not keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
@@ -443,8 +442,12 @@ def _rewards(comps, golds, tokenizer, cfg, row):
     return list(scores), shaping
 
 
-def _lengths(comps) -> torch.Tensor:
-    return torch.tensor([len(c) for c in comps])
+def _advantages(scores, shaping, lengths, group_n: int, row, device, backend: str):
+    """group_advantages on the training device (backend "triton" takes no CPU tensors there); (adv, keep) on CPU."""
+    f32 = lambda xs: torch.as_tensor(xs, dtype=torch.float32).to(device)  # noqa: E731
+    adv, keep = group_advantages(f32(scores), group_n, row, lengths=torch.as_tensor(lengths).to(device),
+                                 shaping=f32(shaping), backend=backend)
+    return adv.cpu(), keep.cpu()
 
 
 def _flat(groups, key):

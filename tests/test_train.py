@@ -262,3 +262,13 @@ def test_file_data_chat_template_and_bad_rows(warm_model, tmp_path):
     assert rows[0]["accuracy"] > 0 and "eval_accuracy" in rows[-1]
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(small(tmp_path, "file", model=model_dir, data=str(data), skip_bad_rows=True))
+
+
+@pytest.mark.gpu
+def test_backend_triton_on_cuda_runs_every_op_on_the_gpu(tmp_path):
+    # --backend triton: advantages too must get CUDA tensors (the Triton path refuses CPU ones).
+    for algo in ("dapo", "grpo"):
+        run = train(small(tmp_path, f"triton-{algo}", algo=algo, model="tiny", warm_start_steps=20, device="cuda",
+                          backend="triton"))
+        rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+        assert [r["step"] for r in rows] == [1, 2] and all(finite_numbers(r) for r in rows)
