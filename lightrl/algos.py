@@ -30,7 +30,9 @@ class AlgoRow:
 
     Rewards and filtering (used by ``group_advantages`` and the training loop):
       reward_map      "identity" | "pm1": pm1 maps a {0,1} reward r to 2r-1 (the Reinforce rows).
-      keep            which samples get a nonzero advantage (mapped rewards; "correct" = reward > 0):
+      keep            which samples get a nonzero advantage, decided on the mapped verifier scores alone
+                      (shaping terms - format, overlong penalty, KL in reward - never decide it;
+                      "correct" = mapped score > 0):
                         "all";
                         "positives": reward equal to its group's max and > 0 (RAFT);
                         "mixed": groups whose rewards are not all equal (Reinforce-Rej, DAPO);
@@ -47,7 +49,8 @@ class AlgoRow:
       overlong_buffer float in [0, 1): DAPO's soft overlong zone as a FRACTION of the max completion
                       length (DAPO: 4096 of 20480 = 0.2); ``overlong_buffer_tokens(max_length)`` turns
                       it into tokens for ``lightrl.rewards.rules.overlong_penalty``. 0 = off.
-      overlong_penalty float >= 0, the penalty at (and beyond) the max length. 0 = off.
+      overlong_penalty float >= 0, the penalty at (and beyond) the max length. 0 = off. Like every
+                      shaping term it is added after reward_map and does not decide ``keep``.
 
     Advantage (per group; "group" = the completions of one prompt):
       baseline        "none" | "group_mean" | "leave_one_out" (mean of the other samples of the group,
@@ -71,8 +74,9 @@ class AlgoRow:
       kl_coef         float >= 0; 0 = no KL (and no reference model).
       kl_estimator    "k1" | "k2" | "k3" (Schulman's estimators of KL(pi || ref)), or "k1+" | "k2+" | "k3+":
                       the estimator's value with k2's gradient (straight-through).
-      kl_in_reward    bool: subtract kl_coef * (sequence sum of the estimator) from the reward before
-                      advantages (the loop does it) instead of adding kl_coef * KL to the loss.
+      kl_in_reward    bool: subtract kl_coef * (sequence sum of the estimator) from the reward, after
+                      reward_map and before the baseline (the loop passes it to group_advantages as
+                      shaping), instead of adding kl_coef * KL to the loss.
       entropy_coef    float: the loss gets - entropy_coef * entropy (a bonus when > 0).
 
     Aggregation of token terms into the scalar loss (tokens = the mask-true tokens):
