@@ -57,7 +57,7 @@ def _make_step(name, x):
     """A closure running one forward + backward of candidate `name` on fresh leaf tensors."""
     from lightrl.kernels import fused_policy_loss
     from lightrl.kernels import logprobs_torch, policy_loss_torch
-    from lightrl.kernels.policy_loss import _impl
+    from lightrl.kernels.policy_loss import policy_impl
 
     fpl_module = sys.modules["lightrl.kernels.fused_policy_loss"]  # the package binds the name to the function
     row, t, device = x["row"], x["t"], x["device"]
@@ -100,7 +100,7 @@ def _make_step(name, x):
         def step():
             clear()
             loss, _ = fpl_module._FusedPolicyLoss.apply(
-                lp_impl, _impl(name), hidden, weight, x["targets"], x["old"], x["ref"], x["adv"][x["seq"]],
+                lp_impl, policy_impl(name), hidden, weight, x["targets"], x["old"], x["ref"], x["adv"][x["seq"]],
                 x["mask"], x["seq"], b, row, 1.0, t)
             loss.backward()
         return step

@@ -1,4 +1,5 @@
-"""`python -m bench logprobs` at a tiny shape: the table, the limit column and the JSON stay in working order."""
+"""The kernel benchmarks at tiny shapes: the table, the limit and eager columns, the n/a rows,
+the peak-memory subprocesses and the JSON stay in working order."""
 import json
 import subprocess
 import sys
@@ -7,17 +8,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_logprobs_tiny(tmp_path):
-    out = tmp_path / "logprobs.json"
-    cmd = [sys.executable, "-m", "bench", "logprobs", "--n", "64", "--d", "32", "--v", "300", "--repeat", "2",
-           "--only", "limit,liger,lightrl", "--device", "cpu", "--out", str(out)]
+def _bench(name, tmp_path, *options):
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, "-m", "bench", name, "--n", "64", "--d", "32", "--v", "300", "--repeat", "2",
+           "--device", "cpu", "--out", str(out), *options]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "x limit" in run.stdout and "n/a (needs CUDA)" in run.stdout
+    assert "x limit" in run.stdout and "x eager" in run.stdout and "n/a (needs CUDA)" in run.stdout
     result = json.loads(out.read_text())
-    assert result["shape"] == {"n": 64, "d": 32, "v": 300} and result["versions"]["torch"]
-    rows = {r["name"]: r for r in result["candidates"]}
-    for name in ("limit", "lightrl"):
+    assert result["versions"]["torch"] and result["cpu_count"] >= 1 and len(result["load_avg_before_after"]) == 2
+    return result, {r["name"]: r for r in result["candidates"]}
+
+
+def _check_measured(rows, names):
+    for name in names:
         assert len(rows[name]["times_ms"]) == 2 and rows[name]["median_ms"] > 0
         assert rows[name]["peak_mb"] >= 0
-    assert "median_ms" not in rows["liger"]
+    assert rows["limit"]["x_limit"] == 1.0
+
+
+def test_bench_logprobs_tiny(tmp_path):
+    result, rows = _bench("logprobs", tmp_path, "--only", "limit,eager,liger,lightrl")
+    assert result["shape"] == {"n": 64, "d": 32, "v": 300} and result["dtype"] == "fp32"
+    _check_measured(rows, ("limit", "eager", "lightrl"))
+    assert rows["eager"]["x_eager"] == 1.0
+    assert "median_ms" not in rows["liger"] and rows["liger"]["note"] == "n/a (needs CUDA)"
+
+
+def test_bench_policy_loss_tiny(tmp_path):
+    result, rows = _bench("policy_loss", tmp_path, "--seq-len", "16", "--algo", "dapo",
+                          "--only", "limit,lightrl,lightrl_torch")
+    assert result["shape"] == {"n": 64, "d": 32, "v": 300, "seq_len": 16} and result["algo"] == "dapo"
+    _check_measured(rows, ("limit", "lightrl"))
+    assert rows["lightrl"]["x_eager"] is None  # no eager row asked for
+    assert "median_ms" not in rows["lightrl_torch"] and rows["lightrl_torch"]["note"] == "n/a (needs CUDA)"
