@@ -17,7 +17,6 @@ def policy_impl(name):
     return policy_loss_torch
 
 
-_impl = policy_impl  # old name, still imported by bench/bench_policy_loss.py; drop once bench uses policy_impl
 
 
 class _PolicyLoss(torch.autograd.Function):
