@@ -1180,7 +1180,6 @@ def _defined(v) -> bool:
 
 def _sympy_equal(py_a: str, py_b: str, inexact: bool, pct_a: bool, pct_b: bool) -> bool:
     a, b = _sympify(py_a), _sympify(py_b)
-    sympy = _sympy_ns()["sympy"]
     variants = [(a, b)]
     if pct_a and not pct_b:
         variants.append((a / 100, b))
