@@ -14,7 +14,7 @@ import torch
 
 from lightrl.kernels import fused_policy_loss_torch, logprobs_torch, policy_loss_torch
 from lightrl.kernels.backend import resolve_backend
-from lightrl.kernels.logprobs import check_logprob_inputs
+from lightrl.kernels.logprobs import check_logprob_inputs, logprob_impl
 from lightrl.kernels.policy_loss import check_inputs, policy_impl
 
 
@@ -99,11 +99,7 @@ def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, m
         loss, parts = _FusedTokenLevelTorch.apply(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask,
                                                   seq_index, num_seqs, row, temperature, loss_constant)
     else:
-        if name == "triton":
-            from lightrl.kernels import logprobs_triton as lp_impl  # imported late: only where Triton can run
-        else:
-            lp_impl = logprobs_torch
-        loss, parts = _FusedPolicyLoss.apply(lp_impl, policy_impl(name), hidden, weight, targets, old_logp,
-                                             ref_logp, adv_tok, mask, seq_index, num_seqs, row, temperature,
-                                             loss_constant)
+        loss, parts = _FusedPolicyLoss.apply(logprob_impl(name), policy_impl(name), hidden, weight, targets,
+                                             old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
+                                             temperature, loss_constant)
     return loss, policy_loss_torch.finish_metrics(parts)

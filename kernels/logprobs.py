@@ -36,6 +36,14 @@ class _LinearLogprobs(torch.autograd.Function):
         return None, grad_hidden, grad_weight, None, None, None
 
 
+def logprob_impl(name):
+    """The backend module (logprobs_triton or logprobs_torch) providing logprobs_forward / logprobs_backward."""
+    if name == "triton":
+        from lightrl.kernels import logprobs_triton  # imported late: only where Triton can run
+        return logprobs_triton
+    return logprobs_torch
+
+
 def check_logprob_inputs(hidden, weight, targets, temperature):
     """Validate shapes, dtypes, devices, temperature and target ids of a log-prob call; raise naming the bad input."""
     if hidden.dim() != 2 or weight.dim() != 2:
@@ -79,9 +87,5 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, return_entropy=
     temperature = float(temperature)
     if name == "reference":
         return logprobs_torch.reference_linear_logprobs(hidden, weight, targets, temperature, return_entropy)
-    if name == "triton":
-        from lightrl.kernels import logprobs_triton as impl  # imported late: only where Triton can run
-    else:
-        impl = logprobs_torch
-    logp, entropy = _LinearLogprobs.apply(impl, hidden, weight, targets, temperature, return_entropy)
+    logp, entropy = _LinearLogprobs.apply(logprob_impl(name), hidden, weight, targets, temperature, return_entropy)
     return (logp, entropy) if return_entropy else logp
