@@ -15,8 +15,8 @@ e = dL/dH; d hidden = dL/dz @ W / T, d W = dL/dz.T @ hidden / T.
 import torch
 
 from lightrl.kernels import policy_loss_torch
+from lightrl.kernels.logprobs_torch import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 # Rows per chunk: one [chunk, V] fp32 buffer of 64 MiB (two with entropy); CPU BLAS loses
 # speed on the d-weight GEMM (inner size = chunk) much below ~500 rows.
 _CHUNK_ELEMENTS = 1 << 24

@@ -3,8 +3,8 @@ import torch
 
 from lightrl.kernels import logprobs_torch
 from lightrl.kernels.backend import resolve_backend
+from lightrl.kernels.logprobs_torch import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
