@@ -142,6 +142,11 @@ def train(cfg: Config) -> str:
         hidden = out.last_hidden_state[batch["rows"], batch["cols"]]
         return hidden if amp_dtype is None else hidden.to(amp_dtype)  # the final norm may return fp32
 
+    def token_logprobs(net, batch):
+        """Log-probs [N] f32 of the batch's completion tokens under net (policy or reference)."""
+        return linear_logprobs(forward_hidden(net, batch), _w(net.get_output_embeddings().weight, amp_dtype),
+                               batch["targets"], temperature=cfg.temperature, backend=cfg.backend)
+
     def evaluate(step: int) -> dict:
         """avg@k accuracy on the held-out rows."""
         t0 = time.time()
@@ -205,7 +210,7 @@ def train(cfg: Config) -> str:
             skip_reason = "non-finite reward"
         reward_kl_mean = None
         if row.kl_in_reward and skip_reason is None:
-            kl = _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg, row)
+            kl = _sequence_kl(model, ref_model, batch, token_logprobs, cfg.micro_batch, row.kl_estimator, device)
             shaping_t = shaping_t - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
             reward_kl_mean = kl.sum().item() / max(sum(len(s["comp"]) for s in batch if s["counts"]), 1)
@@ -229,12 +234,9 @@ def train(cfg: Config) -> str:
         with torch.no_grad():
             for mb in micro:
                 if use_old_logp:
-                    mb["old_logp"] = linear_logprobs(forward_hidden(model, mb), _w(weight, amp_dtype), mb["targets"],
-                                                     temperature=cfg.temperature, backend=cfg.backend)
+                    mb["old_logp"] = token_logprobs(model, mb)
                 if row.kl_in_loss:
-                    mb["ref_logp"] = linear_logprobs(forward_hidden(ref_model, mb),
-                                                     _w(ref_model.get_output_embeddings().weight, amp_dtype),
-                                                     mb["targets"], temperature=cfg.temperature, backend=cfg.backend)
+                    mb["ref_logp"] = token_logprobs(ref_model, mb)
         stepped = False
         for update in range(cfg.updates_per_batch if skip_reason is None else 0):
             optimizer.zero_grad(set_to_none=True)
@@ -499,17 +501,14 @@ def _w(weight, amp_dtype):
 
 
 @torch.no_grad()
-def _sequence_kl(model, ref_model, batch, forward_hidden, weight, amp_dtype, cfg, row) -> torch.Tensor:
-    """Per-sequence sum over mask tokens of the row's KL(pi || ref) estimator, [B] f32 (kl_in_reward)."""
-    device = weight.device
+def _sequence_kl(model, ref_model, batch, token_logprobs, micro_batch: int, estimator: str, device) -> torch.Tensor:
+    """Per-sequence sum over mask tokens of the KL(pi || ref) estimator, [B] f32 (kl_in_reward).
+
+    token_logprobs(net, mb) -> log-probs [N] of mb's completion tokens under net."""
     out = torch.zeros(len(batch))
-    for i in range(0, len(batch), cfg.micro_batch):
-        mb = _micro_batch(batch, list(range(i, min(i + cfg.micro_batch, len(batch)))), device)
-        lp = linear_logprobs(forward_hidden(model, mb), _w(weight, amp_dtype), mb["targets"],
-                             temperature=cfg.temperature, backend=cfg.backend)
-        ref = linear_logprobs(forward_hidden(ref_model, mb), _w(ref_model.get_output_embeddings().weight, amp_dtype),
-                              mb["targets"], temperature=cfg.temperature, backend=cfg.backend)
-        k, _ = kl_terms(lp, ref, mb["mask"], row.kl_estimator)
+    for i in range(0, len(batch), micro_batch):
+        mb = _micro_batch(batch, list(range(i, min(i + micro_batch, len(batch)))), device)
+        k, _ = kl_terms(token_logprobs(model, mb), token_logprobs(ref_model, mb), mb["mask"], estimator)
         out.index_add_(0, mb["seq_index"].cpu() + i, k.cpu())
     return out
 
