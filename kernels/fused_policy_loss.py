@@ -82,11 +82,8 @@ def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, m
     """
     check_logprob_inputs(hidden, weight, targets, temperature)
     n = hidden.shape[0]
-    num_seqs, per_token = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, None,
-                                       loss_constant, entropy_from_caller=False)
-    adv_tok = (advantages if per_token else advantages[seq_index]).detach()
-    old_logp = None if (row.ratio == "none" or old_logp is None) else old_logp.detach()
-    ref_logp = None if ref_logp is None else ref_logp.detach()
+    num_seqs, adv_tok, old_logp, ref_logp = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row,
+                                                         None, loss_constant, entropy_from_caller=False)
     temperature = float(temperature)
     name = resolve_backend(backend, hidden.device)
     if name == "reference":

@@ -17,8 +17,6 @@ def policy_impl(name):
     return policy_loss_torch
 
 
-
-
 class _PolicyLoss(torch.autograd.Function):
     """Loss and its gradient come out of one forward pass (d loss / d logp is closed-form);
     the backward scales the saved gradients by grad_output."""
@@ -41,8 +39,9 @@ class _PolicyLoss(torch.autograd.Function):
 
 def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy, loss_constant,
                  entropy_from_caller=True):
-    """Validate shapes / dtypes / row needs. Returns (num_seqs, per_token_advantages: bool).
+    """Validate shapes / dtypes / row needs and detach the inputs that get no gradient.
 
+    Returns (num_seqs, adv_tok [N] per token, old_logp or None (None when row.ratio == "none"), ref_logp or None).
     entropy_from_caller=False: the op computes entropy itself (fused_policy_loss)."""
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask), ("seq_index", seq_index),
                     ("entropy", entropy)):
@@ -74,7 +73,10 @@ def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entrop
         raise ValueError(f"row has entropy_coef={row.entropy_coef}: pass entropy [N]")
     if loss_constant is not None and not loss_constant > 0:
         raise ValueError(f"loss_constant must be > 0 (the max completion length), got {loss_constant}")
-    return num_seqs, per_token
+    adv_tok = (advantages if per_token else advantages[seq_index]).detach()
+    old_logp = None if (row.ratio == "none" or old_logp is None) else old_logp.detach()
+    ref_logp = None if ref_logp is None else ref_logp.detach()
+    return num_seqs, adv_tok, old_logp, ref_logp
 
 
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, entropy=None, loss_constant=None,
@@ -96,19 +98,12 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, e
     n = logp.shape[0]
     if logp.dim() != 1:
         raise ValueError(f"logp must be [N], got {tuple(logp.shape)}")
-    num_seqs, per_token = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy,
-                                       loss_constant)
-    adv_tok = advantages if per_token else advantages[seq_index]
-    if row.ratio == "none":
-        old_logp = None
-    if ref_logp is not None:
-        ref_logp = ref_logp.detach()
-    if old_logp is not None:
-        old_logp = old_logp.detach()
+    num_seqs, adv_tok, old_logp, ref_logp = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row,
+                                                         entropy, loss_constant)
     name = resolve_backend(backend, logp.device)
     if name == "reference":
         return policy_loss_torch.reference_policy_loss(
-            logp, old_logp, ref_logp, adv_tok.detach(), mask, seq_index, entropy, num_seqs, row, loss_constant)
-    loss, parts = _PolicyLoss.apply(policy_impl(name), logp, entropy, old_logp, ref_logp, adv_tok.detach(), mask,
+            logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant)
+    loss, parts = _PolicyLoss.apply(policy_impl(name), logp, entropy, old_logp, ref_logp, adv_tok, mask,
                                     seq_index, num_seqs, row, loss_constant)
     return loss, policy_loss_torch.finish_metrics(parts)
