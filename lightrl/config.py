@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from lightrl.algos import ALGOS, AlgoRow, algos_markdown, get_algo
 
+# Rollout seeds: each step owns a block of this many, one per refill round (so max_refills < this).
+ROLLOUT_SEEDS_PER_STEP = 64
+
 
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
@@ -118,6 +121,9 @@ def validate(cfg: Config) -> AlgoRow:
                  "eval_max_new_tokens", "threads", "max_refills"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.max_refills >= ROLLOUT_SEEDS_PER_STEP:
+        raise ValueError(f"--max-refills must be < {ROLLOUT_SEEDS_PER_STEP} (each step draws its rollout seeds from "
+                         f"a block of {ROLLOUT_SEEDS_PER_STEP}, one per round), got {cfg.max_refills}")
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be > 0, got {cfg.lr}")
     if not cfg.temperature > 0:

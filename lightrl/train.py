@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lightrl import checkpoint
-from lightrl.config import Config, save_config, validate
+from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config, validate
 from lightrl.data import PromptSampler, load_rows, prompt_text
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
@@ -175,7 +175,8 @@ def train(cfg: Config) -> str:
             idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
             prompts = [encode(rows[i]["question"]) for i in idx]
             comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step * 64 + rounds)
+                                    max_new_tokens=cfg.max_new_tokens,
+                                    seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + rounds)
             scores, shaping = _rewards(comps, [rows[i]["answer"] for i in idx for _ in range(group_n)],
                                        tokenizer, cfg, row)
             sampled += len(comps)

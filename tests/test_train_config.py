@@ -53,6 +53,7 @@ def test_precedence_defaults_file_cli(tmp_path):
     (["--algo", "gfpo", "--group-size", "2"], "top_k"),
     (["--data", "/nonexistent.jsonl"], "no such file"),
     (["--temperature", "0"], "temperature"),
+    (["--max-refills", "64"], "max-refills"),
     pytest.param(["--engine", "vllm"], "vLLM", marks=pytest.mark.skipif(
         importlib.util.find_spec("vllm") is not None, reason="vllm is installed")),
     pytest.param(["--wandb"], "wandb", marks=pytest.mark.skipif(
