@@ -33,6 +33,10 @@ class Config:
                                    "'arithmetic' (the tiny model's task), 'gsm8k', 'math500'")
     question_field: str = _opt("", "field holding the question ('' = first of question/problem/prompt)")
     answer_field: str = _opt("", "field holding the gold answer ('' = first of answer/final_answer/solution)")
+    reward: str = _opt("math", "verifier score: 'math' (answer vs the gold answer) or 'code' (fraction of "
+                               "the row's tests passed in the sandbox; the data rows must carry tests)")
+    tests_field: str = _opt("", "reward code: field holding the tests, a JSON list of assert strings or "
+                                "[stdin, stdout] pairs ('' = first of tests/test_cases/test_list)")
     instruction: str = _opt("Please reason step by step, and put your final answer within \\boxed{}.",
                             "appended to each question in the chat template (models with one)")
     skip_bad_rows: bool = _opt(False, "skip malformed data rows (counted in metrics) instead of stopping")
@@ -150,6 +154,14 @@ def validate(cfg: Config) -> AlgoRow:
         raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.backend not in ("auto", "triton", "torch", "reference"):
         raise ValueError(f"--backend must be auto, triton, torch or reference, got {cfg.backend!r}")
+    if cfg.reward not in ("math", "code"):
+        raise ValueError(f"--reward must be math or code, got {cfg.reward!r}")
+    if cfg.reward == "code":
+        for name, or_none in (("data", ""), ("eval_data", ", or --eval-data '' for no evaluation")):
+            if getattr(cfg, name) in BUILTIN_DATA:
+                raise ValueError(f"--reward code: --{_flag(name)} {getattr(cfg, name)!r} is a built-in math set "
+                                 f"without tests; pass a .jsonl/.parquet file whose rows carry tests "
+                                 f"(see --tests-field){or_none}")
     for name in ("data", "eval_data"):
         value = getattr(cfg, name)
         if value and value not in BUILTIN_DATA and not os.path.exists(value):

@@ -1,4 +1,5 @@
-"""Prompt data: JSONL / Parquet files and the built-in sets, turned into (question, gold answer) rows.
+"""Prompt data: JSONL / Parquet files and the built-in sets, turned into (question, gold answer) rows,
+or (question, tests) rows for the code reward.
 
 Built-in sets ship inside the package (lightrl/data/, licenses in lightrl/data/SOURCES.md):
 gsm8k (train), gsm8k-test, math500; 'arithmetic' / 'arithmetic-test' are generated
@@ -11,10 +12,13 @@ import os
 
 import torch
 
+from lightrl.rewards.code import _test_kind
+
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 FILES = {"gsm8k": "gsm8k_train.jsonl", "gsm8k-test": "gsm8k_test.jsonl", "math500": "math500.jsonl"}
 QUESTION_FIELDS = ("question", "problem", "prompt")
 ANSWER_FIELDS = ("answer", "final_answer", "solution")
+TESTS_FIELDS = ("tests", "test_cases", "test_list")
 ARITHMETIC_ROWS = 20000
 
 
@@ -23,8 +27,10 @@ class BadRow(ValueError):
 
 
 def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, skip_bad_rows: bool = False,
-              seed: int = 0) -> tuple[list[dict], int]:
-    """Rows {"question": str, "answer": str} of a built-in set or a .jsonl / .parquet file.
+              seed: int = 0, reward: str = "math", tests_field: str = "") -> tuple[list[dict], int]:
+    """Rows {"question": str, "answer": str} of a built-in set or a .jsonl / .parquet file;
+    with reward="code", rows {"question": str, "tests": list} (assert strings or (stdin, stdout)
+    tuples) and no answer.
 
     Returns (rows, number of bad rows skipped). Without skip_bad_rows the first bad row
     raises BadRow naming file, line and field.
@@ -44,7 +50,10 @@ def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, sk
     rows, bad = [], 0
     for line, record in records:
         try:
-            rows.append(_row(path, line, record, question_field, answer_field))
+            if reward == "code":
+                rows.append(_code_row(path, line, record, question_field, tests_field))
+            else:
+                rows.append(_row(path, line, record, question_field, answer_field))
         except BadRow:
             if not skip_bad_rows:
                 raise
@@ -75,24 +84,47 @@ def _parquet_records(path: str):
         yield i, record
 
 
-def _row(path: str, line: int, record, question_field: str, answer_field: str) -> dict:
-    where = f"{path}:{line}"
+def _field(where: str, record, wanted: str, known: tuple[str, ...], kind: str) -> str:
+    """The key of `kind` in record: `wanted`, else the first of `known` present; BadRow when missing."""
     if isinstance(record, BadRow):
         raise record
     if not isinstance(record, dict):
         raise BadRow(f"{where}: expected a JSON object, got {type(record).__name__}")
-    q_key = question_field or next((k for k in QUESTION_FIELDS if k in record), QUESTION_FIELDS[0])
-    a_key = answer_field or next((k for k in ANSWER_FIELDS if k in record), ANSWER_FIELDS[0])
-    for key, kind in ((q_key, "question"), (a_key, "answer")):
-        if key not in record:
-            raise BadRow(f"{where}: missing {kind} field {key!r} (fields: {', '.join(record)}); "
-                         f"set --{kind}-field")
-    question, answer = record[q_key], gold_answer(record[a_key])
+    key = wanted or next((k for k in known if k in record), known[0])
+    if key not in record:
+        raise BadRow(f"{where}: missing {kind} field {key!r} (fields: {', '.join(record)}); set --{kind}-field")
+    return key
+
+
+def _question(where: str, record: dict, key: str) -> str:
+    question = record[key]
     if not isinstance(question, str) or not question.strip():
-        raise BadRow(f"{where}: field {q_key!r} is an empty or non-text question")
+        raise BadRow(f"{where}: field {key!r} is an empty or non-text question")
+    return question.strip()
+
+
+def _row(path: str, line: int, record, question_field: str, answer_field: str) -> dict:
+    where = f"{path}:{line}"
+    q_key = _field(where, record, question_field, QUESTION_FIELDS, "question")
+    a_key = _field(where, record, answer_field, ANSWER_FIELDS, "answer")
+    question, answer = _question(where, record, q_key), gold_answer(record[a_key])
     if not answer:
         raise BadRow(f"{where}: field {a_key!r} holds no answer")
-    return {"question": question.strip(), "answer": answer}
+    return {"question": question, "answer": answer}
+
+
+def _code_row(path: str, line: int, record, question_field: str, tests_field: str) -> dict:
+    where = f"{path}:{line}"
+    q_key = _field(where, record, question_field, QUESTION_FIELDS, "question")
+    t_key = _field(where, record, tests_field, TESTS_FIELDS, "tests")
+    tests = record[t_key]
+    if isinstance(tests, list) and tests and all(isinstance(t, list) for t in tests):
+        tests = [tuple(t) for t in tests]  # JSON has no tuples: [stdin, stdout] pairs arrive as lists
+    try:
+        _test_kind(tests)
+    except ValueError as e:
+        raise BadRow(f"{where}: field {t_key!r}: {e}") from None
+    return {"question": _question(where, record, q_key), "tests": tests}
 
 
 def gold_answer(value) -> str:

@@ -23,6 +23,7 @@ import math
 import os
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from lightrl.data import PromptSampler, load_rows, prompt_text
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import MetricsLog
+from lightrl.rewards.code import code_reward
 from lightrl.rewards.math import get_stats, score_batch
 from lightrl.rewards.rules import format_reward, overlong_penalty
 
@@ -74,11 +76,12 @@ def train(cfg: Config) -> str:
 
     # ---- data ---------------------------------------------------------------------------------
     rows, bad_rows = load_rows(cfg.data, cfg.question_field, cfg.answer_field, skip_bad_rows=cfg.skip_bad_rows,
-                               seed=cfg.seed)
+                               seed=cfg.seed, reward=cfg.reward, tests_field=cfg.tests_field)
     eval_rows = []
     if cfg.eval_data:
         eval_rows, bad_eval = load_rows(cfg.eval_data, cfg.question_field, cfg.answer_field,
-                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed)
+                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed, reward=cfg.reward,
+                                        tests_field=cfg.tests_field)
         bad_rows += bad_eval
         eval_rows = eval_rows[:cfg.eval_limit] if cfg.eval_limit else eval_rows
     if bad_rows:
@@ -154,8 +157,7 @@ def train(cfg: Config) -> str:
                                 temperature=cfg.eval_temperature, top_p=1.0, seed=cfg.seed + 7919 * (step + 1),
                                 max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, desc="eval")
         texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
-        golds = [r["answer"] for r in eval_rows for _ in range(cfg.eval_k)]
-        scores = score_batch(golds, texts)
+        scores = verifier_scores(texts, [r for r in eval_rows for _ in range(cfg.eval_k)], cfg.reward)
         return {"eval_accuracy": sum(scores) / len(scores), "eval_time": time.time() - t0}
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -177,8 +179,7 @@ def train(cfg: Config) -> str:
             comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_new_tokens=cfg.max_new_tokens,
                                     seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + rounds)
-            scores, shaping = _rewards(comps, [rows[i]["answer"] for i in idx for _ in range(group_n)],
-                                       tokenizer, cfg, row)
+            scores, shaping = _rewards(comps, [rows[i] for i in idx for _ in range(group_n)], tokenizer, cfg, row)
             sampled += len(comps)
             all_rewards += [s + x for s, x in zip(scores, shaping)]
             all_scores += scores
@@ -429,12 +430,24 @@ def _apply_liger(model) -> None:
     print(f"lightrl: liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
 
 
-def _rewards(comps, golds, tokenizer, cfg, row):
+def verifier_scores(texts: list[str], rows: list[dict], reward: str) -> list[float]:
+    """One score in [0, 1] per completion text against its data row (rows[i] belongs to texts[i]):
+    reward "math" checks row["answer"] (1.0 / 0.0); "code" runs row["tests"] in the sandbox
+    (fraction passed)."""
+    if reward == "code":
+        # Each call is its own sandboxed subprocess, mostly waiting: threads overlap them; map keeps order.
+        with ThreadPoolExecutor(max_workers=min(8, len(texts)) or 1) as pool:
+            return list(pool.map(code_reward, texts, [r["tests"] for r in rows]))
+    return list(score_batch([r["answer"] for r in rows], texts))
+
+
+def _rewards(comps, rows, tokenizer, cfg, row):
     """(verifier scores, shaping terms: format and overlong, when configured); the reward is their sum.
+    rows[i] is the data row that completion comps[i] answers.
 
     Kept apart because the row's reward_map and keep filter act on the scores alone."""
     texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
-    scores = score_batch(golds, texts)
+    scores = verifier_scores(texts, rows, cfg.reward)
     shaping = [0.0] * len(scores)
     buffer = row.overlong_buffer_tokens(cfg.max_new_tokens)
     for i, (text, ids) in enumerate(zip(texts, comps)):
@@ -442,7 +455,7 @@ def _rewards(comps, golds, tokenizer, cfg, row):
             shaping[i] += cfg.format_weight * format_reward(text)
         if row.overlong_penalty and buffer:
             shaping[i] += overlong_penalty(len(ids), cfg.max_new_tokens, buffer, row.overlong_penalty)
-    return list(scores), shaping
+    return scores, shaping
 
 
 def _advantages(scores, shaping, lengths, group_n: int, row, device, backend: str):
