@@ -162,6 +162,9 @@ def validate(cfg: Config) -> AlgoRow:
                 raise ValueError(f"--reward code: --{_flag(name)} {getattr(cfg, name)!r} is a built-in math set "
                                  f"without tests; pass a .jsonl/.parquet file whose rows carry tests "
                                  f"(see --tests-field){or_none}")
+        if cfg.model == "tiny" and cfg.warm_start_steps:
+            raise ValueError("--reward code with --model tiny: the tiny model's warm start imitates arithmetic "
+                             "answers and needs math rows; pass --warm-start-steps 0 (or a real --model)")
     for name in ("data", "eval_data"):
         value = getattr(cfg, name)
         if value and value not in BUILTIN_DATA and not os.path.exists(value):

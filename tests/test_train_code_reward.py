@@ -108,7 +108,10 @@ def test_config_errors(tmp_path):
         validate(parse_args(["--reward", "code", "--data", data])[0])
     with pytest.raises(ValueError, match=r"--reward must be math or code, got 'regex'"):
         validate(parse_args(["--reward", "regex"])[0])
-    validate(parse_args(["--reward", "code", "--data", data, "--eval-data", data, "--tests-field", "tests"])[0])
+    with pytest.raises(ValueError, match=r"--warm-start-steps 0"):
+        validate(parse_args(["--reward", "code", "--data", data, "--eval-data", data])[0])
+    validate(parse_args(["--reward", "code", "--data", data, "--eval-data", data, "--tests-field", "tests",
+                         "--warm-start-steps", "0"])[0])
     # train() stops on the same error before any model is built or run directory written.
     with pytest.raises(ValueError, match="built-in math set"):
         train(Config(reward="code", out_dir=str(tmp_path / "runs")))
