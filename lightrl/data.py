@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from lightrl.rewards.code import _test_kind
+from lightrl.rewards.code import test_kind
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 FILES = {"gsm8k": "gsm8k_train.jsonl", "gsm8k-test": "gsm8k_test.jsonl", "math500": "math500.jsonl"}
@@ -121,7 +121,7 @@ def _code_row(path: str, line: int, record, question_field: str, tests_field: st
     if isinstance(tests, list) and tests and all(isinstance(t, list) for t in tests):
         tests = [tuple(t) for t in tests]  # JSON has no tuples: [stdin, stdout] pairs arrive as lists
     try:
-        _test_kind(tests)
+        test_kind(tests)
     except ValueError as e:
         raise BadRow(f"{where}: field {t_key!r}: {e}") from None
     return {"question": _question(where, record, q_key), "tests": tests}

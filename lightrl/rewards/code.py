@@ -115,7 +115,7 @@ def run_code_tests(
     for code you would not run yourself.
     Thread-safe; each call uses its own processes and temp dir.
     """
-    kind = _test_kind(tests)
+    kind = test_kind(tests)
     if mode not in _MODES:
         raise ValueError(f"mode={mode!r}: expected one of {_MODES}")
     if not timeout > 0 or memory_mb < 64 or max_procs < 1:
@@ -183,7 +183,9 @@ def extract_code(completion: str) -> str:
 # ---------------------------------------------------------------- caller side
 
 
-def _test_kind(tests) -> str:
+def test_kind(tests) -> str:
+    """"assert" or "stdio" for a valid test list; ValueError naming what is wrong otherwise
+    (also used by lightrl.data to reject bad rows at load time)."""
     if not isinstance(tests, (list, tuple)) or not tests:
         raise ValueError("tests: expected a non-empty list of assert strings or (stdin, stdout) pairs")
     if all(isinstance(t, str) for t in tests):
