@@ -21,3 +21,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def warm_model(tmp_path_factory):
+    """Directory of a tiny model after a short clean warm start (some rewards are 1, so every
+    algorithm row has a signal); shared by the training tests, read-only."""
+    from lightrl import tiny
+    path = str(tmp_path_factory.mktemp("warm"))
+    torch.set_num_threads(1)
+    tok = tiny.build_tokenizer()
+    model = tiny.build_model(tok, seed=0)
+    tiny.warm_start(model, tok, tiny.arithmetic_problems(2000, seed=1), steps=200, lr=5e-3, seed=0,
+                    correct_frac=0.7, progress=False)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

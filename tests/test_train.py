@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 import lightrl.train
-from lightrl import tiny
 from lightrl.algos import ALGOS
 from lightrl.config import Config
 from lightrl.logs import read_metrics
@@ -19,20 +18,6 @@ from lightrl.train import train
 # Metrics that depend only on seeds and arithmetic (not on wall-clock time).
 DETERMINISTIC = ["reward_mean", "accuracy", "loss", "grad_norm", "kl_mean", "entropy", "completion_len_mean",
                  "kept_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "eval_accuracy"]
-
-
-@pytest.fixture(scope="module")
-def warm_model(tmp_path_factory):
-    """A tiny model after a short clean warm start: some rewards are 1, so every row has a signal."""
-    path = str(tmp_path_factory.mktemp("warm"))
-    torch.set_num_threads(1)
-    tok = tiny.build_tokenizer()
-    model = tiny.build_model(tok, seed=0)
-    tiny.warm_start(model, tok, tiny.arithmetic_problems(2000, seed=1), steps=200, lr=5e-3, seed=0,
-                    correct_frac=0.7, progress=False)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def small(tmp_path, name, **kw) -> Config:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lightrl import tiny
 from lightrl.logs import read_metrics
 
 KEYS = ["reward_mean", "accuracy", "loss", "grad_norm", "kl_mean", "entropy", "completion_len_mean"]
@@ -24,14 +23,8 @@ def _args(model: str, out: str, name: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
-    model = str(tmp_path / "warm")
-    tok = tiny.build_tokenizer()
-    net = tiny.build_model(tok, seed=0)
-    tiny.warm_start(net, tok, tiny.arithmetic_problems(2000, seed=1), steps=100, lr=5e-3, seed=0,
-                    correct_frac=0.7, progress=False)
-    net.save_pretrained(model)
-    tok.save_pretrained(model)
+def test_kill_9_then_resume_matches_an_uninterrupted_run(warm_model, tmp_path):
+    model = warm_model
     out = str(tmp_path / "runs")
     t0 = time.time()
     subprocess.run(_args(model, out, "reference"), check=True, capture_output=True, timeout=300)
