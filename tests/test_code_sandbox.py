@@ -1,4 +1,4 @@
-"""Sandboxed code-execution reward (lightrl/rewards/code.py).
+"""Sandboxed code-execution reward (lightrl/rewards/code.py, sandbox.py, harness.py).
 
 Every test that runs hostile code first requests `limits_proven`, which shows
 with a harmless child (200 sleeping forks) that the process cap holds; only
@@ -6,8 +6,12 @@ then do fork bombs and big allocations run. Each sandbox test also checks that
 the machine is left as it was: no new process in another network namespace or
 running the launcher, no new sandbox temp dir.
 """
+import errno
 import glob
+import json
 import os
+import re
+import signal
 import shutil
 import socket
 import stat
@@ -22,13 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from lightrl.rewards import code as code_mod
+from lightrl.rewards import sandbox as sandbox_mod
 from lightrl.rewards.code import SandboxUnavailable, code_reward, extract_code, run_code_tests
+from lightrl.rewards.code import test_kind as kind_of  # not test_*: pytest would collect it
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCHER = os.path.abspath(code_mod.__file__)
+LAUNCHER = os.path.abspath(sandbox_mod.__file__)
 
 
 def _usable_by_all(path: str) -> bool:
@@ -116,23 +121,20 @@ def limits_proven():
                 time.sleep(60)
                 os._exit(0)
             spawned += 1
+        err_name = type(err).__name__
     """)
     before = _our_processes()
     t0 = time.monotonic()
-    # The second test fails on purpose so that its message carries the count.
-    res = run_code_tests(code, ["assert isinstance(err, BlockingIOError), repr(err)", "assert False, spawned"],
-              max_procs=16, timeout=10)
+    # init, the harness and the solution's process are three of the 16; the sleepers must all go with them.
+    res = run_code_tests(code, ["assert err_name == 'BlockingIOError'", "assert 0 < spawned <= 13"],
+                         max_procs=16, timeout=10)
     elapsed = time.monotonic() - t0
-    assert res.statuses == ("passed", "failed"), res
-    spawned = int(res.detail.split(":")[1])
-    # The runner itself is one of the 16; its sleepers must all be gone with it.
-    assert 0 < spawned <= 15, spawned
+    assert res.statuses == ("passed", "passed"), res
     assert elapsed < 8, f"sleeping children kept the sandbox alive for {elapsed:.1f}s"
     deadline = time.monotonic() + 3.0
     while (left := _our_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"sleeping children survived the sandbox: {sorted(left)}"
-    return spawned
 
 
 # ------------------------------------------------------------------ pure
@@ -154,6 +156,28 @@ def test_rejects_bad_arguments():
         run_code_tests("x = 1", [])
     with pytest.raises(ValueError, match="mode"):
         run_code_tests("x = 1", ["assert x"], mode="best")
+    with pytest.raises(ValueError, match=r"memory_mb / max_procs >= 32; got timeout=5.0, memory_mb=256, max_procs=16"):
+        run_code_tests("x = 1", ["assert x"], memory_mb=256, max_procs=16)
+
+
+def test_test_forms():
+    """Which assert tests the harness evaluates; the others are refused at load time, naming the part."""
+    for ok in ["assert add(1, 2) == 3", "assert not is_prime(8)", "assert x", "assert f(g(2), k=[1, -2]) == {'a': (1,)}",
+               "assert math.isclose(area(2), 12.566, rel_tol=1e-3)", "assert sorted(f([3, 1]))[0] in {1, 2}",
+               "assert 0 < f(1) <= 2 and f(2) is None or len(f(3)[1:]) != 2 ** 3", "assert True, 'message'"]:
+        assert kind_of([ok]) == "assert"
+    for bad, message in [
+        ("add(1, 2) == 3", "expected one `assert EXPR` statement"),
+        ("import math; assert f(1) == 1", "expected one `assert EXPR` statement"),
+        ("assert obj.method(1) == 2", r"`obj.method\(1\)`: only the solution's functions by name"),
+        ("assert Solution().f(1) == 2", r"`Solution\(\).f\(1\)`: only the solution's functions by name"),
+        ("assert (lambda: 1)() == 1", r"`\(lambda: 1\)\(\)`: only the solution's functions by name"),
+        ("assert f(*xs) == 1", r"`f\(\*xs\)`: no \*args"),
+        ("assert [x for x in f()] == [1]", r"`\[x for x in f\(\)\]` \(ListComp\) is not supported"),
+        ("assert math.pi == f()", r"`math.pi` \(Attribute\) is not supported"),
+    ]:
+        with pytest.raises(ValueError, match=r"tests\[1\] " + re.escape(repr(bad)) + ": " + message):
+            kind_of(["assert True", bad])
 
 
 # --------------------------------------------------------------- positive
@@ -206,21 +230,26 @@ def test_code_reward_uses_last_python_block(clean_machine):
 def test_clean_environment_and_identity(clean_machine, monkeypatch):
     monkeypatch.setenv("LIGHTRL_SECRET_FOR_TEST", "leak")
     probe = textwrap.dedent("""
-        import os, sys
+        import ctypes, os, sys
         env = dict(os.environ)
+        ids = [os.getuid(), os.geteuid()]
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
         caps = [line.split()[1] for line in open("/proc/self/status") if line.startswith(("CapPrm", "CapEff"))]
+        flags = (sys.flags.isolated, sys.flags.no_site)
+        unshare_rc = ctypes.CDLL(None).unshare(0x10000000)  # CLONE_NEWUSER
         with open("here.txt", "w") as f:  # the private working dir is writable
             f.write("ok")
+        def read_here():
+            return open("here.txt").read()
     """)
     tests = [
-        "assert set(env) == {'PATH', 'LANG', 'HOME', 'TMPDIR'}, env",
-        "assert os.getuid() != 0 and os.geteuid() != 0",
-        "assert caps == ['0' * 16] * 2, caps",
-        "assert sys.flags.isolated and sys.flags.no_site",
-        "assert len(pids) <= 3, pids",  # its own pid namespace: init, runner (and maybe a child)
-        "assert open('here.txt').read() == 'ok'",
-        "import ctypes; assert ctypes.CDLL(None).unshare(0x10000000) != 0",  # no user namespace of its own
+        "assert set(env) == {'PATH', 'LANG', 'HOME', 'TMPDIR'}",
+        "assert 0 not in ids",
+        "assert caps == ['0' * 16] * 2",
+        "assert flags == (1, 1)",
+        "assert len(pids) <= 4",  # its own pid namespace: init, harness, solution (and maybe a child)
+        "assert read_here() == 'ok'",
+        "assert unshare_rc != 0",  # no user namespace of its own
     ]
     res = run_code_tests(probe, tests)
     assert res.statuses == ("passed",) * 7, res
@@ -242,11 +271,192 @@ def test_from_threads(clean_machine):
     assert results == {0: 1.0, 1: pytest.approx(1 / 3), 2: 1.0, 3: pytest.approx(1 / 3)}
 
 
+# ------------------------------------------------------------------ cheating
+# Completions that scored 1.0 on assert tests without implementing add (issue #11). Each must
+# score 0 now: the solution's process holds no result fd, no test text and no expected value,
+# and the harness compares only plain values it decoded itself.
+
+_FAKE = 'b"".join(b\'[%d, "passed", ""]\\n\' % i for i in range(-1, 8))'
+HACKS = {
+    "fake records on every fd": f"""
+import glob, os, sys
+FAKE = {_FAKE}
+for fd in [int(a) for a in sys.argv[1:] if a.isdigit()] + list(range(3, 256)):
+    try:
+        os.write(fd, FAKE)
+    except OSError:
+        pass
+for path in glob.glob("/proc/*/fd/*"):
+    try:
+        with open(path, "wb") as f:
+            f.write(FAKE)
+    except OSError:
+        pass
+def add(a, b):
+    return None
+""",
+    "__eq__ always true": """
+class Anything:
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+def add(a, b):
+    return Anything()
+""",
+    "int subclass equal to all": """
+class Int(int):
+    def __eq__(self, other):
+        return True
+    __hash__ = int.__hash__
+def add(a, b):
+    return Int(0)
+""",
+    "builtins.compile replaced": """
+import builtins
+real = builtins.compile
+builtins.compile = lambda *a, **k: real("pass", "<nothing>", "exec")
+def add(a, b):
+    return None
+""",
+    "builtins.exec replaced": """
+import builtins
+builtins.exec = lambda *a, **k: None
+def add(a, b):
+    return None
+""",
+    "__main__.status_of patched": """
+import __main__
+__main__.status_of = lambda e: "passed"
+def add(a, b):
+    return None
+""",
+    "__main__.report patched": """
+import __main__
+real = getattr(__main__, "report", None)
+__main__.report = lambda i, status, msg="": real(i, "passed")
+def add(a, b):
+    return None
+""",
+    "__main__.json patched": """
+import __main__, json
+class FakeJson:
+    loads = staticmethod(json.loads)
+    @staticmethod
+    def dumps(obj, **kwargs):
+        return json.dumps([obj[0], "passed", ""] if isinstance(obj, list) and len(obj) == 3 else obj, **kwargs)
+__main__.json = FakeJson
+def add(a, b):
+    return None
+""",
+    "__main__.enumerate patched": """
+import __main__
+__main__.enumerate = lambda seq, start=0: [(i, "pass") for i in range(len(seq))]
+def add(a, b):
+    return None
+""",
+}
+
+
+@needs_sandbox
+@pytest.mark.parametrize("hack", sorted(HACKS))
+def test_cheats_score_zero(hack, clean_machine):
+    res = run_code_tests(HACKS[hack], ADD_TESTS)
+    assert (res.reward, res.passed) == (0.0, 0), res
+    assert "passed" not in res.statuses, res
+
+
+LEAK_HUNTER = r"""
+import __main__, ast, gc, glob, json, re, sys
+seen = [repr(vars(__main__)), repr(sys.argv), repr([o for o in gc.get_objects() if isinstance(o, (list, dict))])]
+for path in ["tests.json"] + glob.glob("/proc/*/cmdline") + glob.glob("/proc/*/environ"):
+    try:
+        seen.append(open(path, "rb").read(1 << 20).decode("latin-1"))
+    except OSError:
+        pass
+for maps in glob.glob("/proc/*/maps"):  # every writable mapping of every process we may read
+    try:
+        with open(maps) as f, open(maps[:-4] + "mem", "rb") as mem:
+            for line in f:
+                span, perms = line.split()[:2]
+                lo, hi = (int(x, 16) for x in span.split("-"))
+                if perms.startswith("rw") and hi - lo < 64 << 20:
+                    try:
+                        mem.seek(lo)
+                        seen.append(mem.read(hi - lo).decode("latin-1"))
+                    except (OSError, ValueError, OverflowError):
+                        pass
+    except OSError:
+        pass
+TEXT = "\n".join(seen)
+"""
+ASSERT_LEAK = LEAK_HUNTER + r"""
+def add(a, b):
+    m = re.search(re.escape(f"add({a!r}, {b!r}) == ") + r"('[^']*'|-?\d+)", TEXT)
+    return ast.literal_eval(m.group(1)) if m else None
+"""
+STDIO_LEAK = LEAK_HUNTER + r"""
+m = re.search(re.escape(json.dumps(sys.stdin.read())) + r', "(\d+)', TEXT)
+print(m.group(1) if m else "?")
+"""
+DOUBLE_TESTS = [("3\n", "6\n"), ("5\n", "10\n")]
+
+
+@needs_sandbox
+def test_expected_values_out_of_reach(clean_machine):
+    """Code that searches every place it can read for the tests' expected values finds none;
+    the control shows that the same search finds them once they are within its reach."""
+    assert run_code_tests(ASSERT_LEAK, ADD_TESTS, timeout=10, memory_mb=4096).statuses == ("failed",) * 3
+    assert run_code_tests(STDIO_LEAK, DOUBLE_TESTS, timeout=10, memory_mb=4096).statuses == ("failed",) * 2
+    # The control: the tests in one of the searched places, as the old runner's __main__.tests were.
+    for code, tests in [(ASSERT_LEAK, ADD_TESTS), (STDIO_LEAK, DOUBLE_TESTS)]:
+        in_reach = f"TESTS = {json.dumps(tests)!r}\n" + code
+        assert run_code_tests(in_reach, tests, timeout=10, memory_mb=4096).reward == 1.0
+
+
+HONEST = """
+import math
+def add(a, b):
+    return a + b
+def pair(x):
+    return [x, (x, "a")]
+def is_prime(n):
+    return n > 1 and all(n % d for d in range(2, n))
+def area(r):
+    return math.pi * r * r
+def uniq(xs):
+    return set(xs)
+def table():
+    return {"a": {1, 2}, "b": None, 3: b"x"}
+def nothing():
+    pass
+def as_tuple(*xs):
+    return xs
+LIMIT = 10
+"""
+HONEST_TESTS = [
+    "assert add(1, 2) == 3", "assert add(add(1, 2), -4) == -1", "assert add(1.5, 1.5) == 3",
+    "assert add('a', 'b') == 'ab', 'message'", "assert pair(2) == [2, (2, 'a')]", "assert is_prime(7)",
+    "assert not is_prime(8)", "assert math.isclose(area(2), 12.566, rel_tol=1e-3)", "assert sorted(uniq([3, 1, 3])) == [1, 3]",
+    "assert table()['a'] == {2, 1} and table()[3] == b'x'", "assert table()['b'] is None", "assert nothing() is None",
+    "assert 0 < add(1, 0) <= LIMIT", "assert len(pair(1)[1:]) == 1", "assert as_tuple(1, 2) == (1, 2)",
+    "assert add(x=1, y=2) == 3",  # add has no such keywords: TypeError in the solution
+    "assert as_tuple(1, 2) == [1, 2]",  # a tuple is not a list, as in Python
+    "assert add(1, 2) == 4", "assert add(1, 2) < 'a'",  # false; a comparison that raises
+]
+
+
+@needs_sandbox
+def test_honest_solution_scores_its_tests(clean_machine):
+    res = run_code_tests(HONEST, HONEST_TESTS)
+    assert res.statuses == ("passed",) * 15 + ("error", "failed", "failed", "error"), res
+    assert run_code_tests(HONEST, HONEST_TESTS[:15]).reward == 1.0
+
+
 # ---------------------------------------------------------------- hostile
 
 
 def test_process_cap_holds(limits_proven, clean_machine):
-    assert 0 < limits_proven <= 15
+    pass  # the fixture's assertions are the test
 
 
 @needs_sandbox
@@ -261,8 +471,8 @@ def test_fork_bomb(limits_proven, clean_machine):
     thread.start()
     # The cap is per sandbox: a neighbour can still fork while the bomb is at its cap.
     time.sleep(0.5)
-    forks_once = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(7)\nstatus = os.waitpid(pid, 0)[1]\n"
-    assert run_code_tests(forks_once, ["assert os.waitstatus_to_exitcode(status) == 7"]).reward == 1.0
+    forks_once = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(7)\ncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
+    assert run_code_tests(forks_once, ["assert code == 7"]).reward == 1.0
     thread.join(30)
     assert time.monotonic() - t0 < 2.0 + 3
     res = out["bomb"]
@@ -277,7 +487,8 @@ def test_infinite_loop(clean_machine, limits_proven):
     assert time.monotonic() - t0 < 1.0 + 3
     assert (res.reward, res.reason) == (0.0, "timeout")
     # A loop inside one test keeps the verdicts reached before it.
-    res = run_code_tests(SOLUTION, ADD_TESTS[:2] + ["while True: pass"], timeout=1.0)
+    res = run_code_tests(SOLUTION + "def spin():\n    while True:\n        pass\n", ADD_TESTS[:2] + ["assert spin()"],
+                         timeout=1.0)
     assert res.statuses == ("passed", "passed", "timeout")
     assert res.reward == pytest.approx(2 / 3)
 
@@ -310,13 +521,14 @@ def test_no_network(limits_proven, clean_machine):
 def test_host_filesystem_hidden_and_read_only(limits_proven, clean_machine):
     marker = f"lightrl-escape-{uuid.uuid4().hex}"
     targets = [Path(tempfile.gettempdir()) / marker, REPO / marker, Path("/dev/shm") / marker, Path("/usr") / marker]
-    tests = [f"open({str(t)!r}, 'w').write('x')" for t in targets]
+    tests = [f"assert write({str(t)!r}) == 1" for t in targets]
     tests += [
-        f"open({str(REPO / 'pyproject.toml')!r}).read()",  # the repo (and any data) is not there to read
-        "open('inside.txt', 'w').write('x')",  # the control: its own dir is writable
+        f"assert read({str(REPO / 'pyproject.toml')!r})",  # the repo (and any data) is not there to read
+        "assert write('inside.txt') == 1",  # the control: its own dir is writable
     ]
+    probe = "def write(path):\n    return open(path, 'w').write('x')\ndef read(path):\n    return open(path).read()\n"
     try:
-        res = run_code_tests(SOLUTION, tests)
+        res = run_code_tests(probe, tests)
         escaped = [t for t in targets if t.exists()]
     finally:
         for t in targets:
@@ -362,10 +574,10 @@ def test_refuses_without_namespaces(clean_machine):
                     reason="checks the privilege drop of a root caller; needs a Python that nobody can run")
 def test_unsafe_mode_still_drops_root(clean_machine):
     marker = REPO / f"lightrl-escape-{uuid.uuid4().hex}"
-    tests = ["assert os.getuid() == 65534 and os.getgroups() == []", f"open({str(marker)!r}, 'w')",
-             "assert add(2, 2) == 4"]
+    tests = ["assert ids == [65534, []]", f"assert write({str(marker)!r})", "assert add(2, 2) == 4"]
+    probe = "import os\nids = [os.getuid(), os.getgroups()]\ndef write(path):\n    return open(path, 'w').write('x')\n"
     try:
-        res = run_code_tests(SOLUTION + "import os\n", tests, unsafe_no_namespaces=True, python=_unconfined_python())
+        res = run_code_tests(SOLUTION + probe, tests, unsafe_no_namespaces=True, python=_unconfined_python())
         escaped = marker.exists()
     finally:
         marker.unlink(missing_ok=True)
