@@ -548,6 +548,112 @@ def test_huge_output(limits_proven, clean_machine):
     assert (res.reward, res.reason, res.statuses) == (0.0, "output", ("output",) * 3)
 
 
+# ------------------------------------------------------- per-sandbox limits
+
+
+@needs_sandbox
+def test_memory_budget_is_per_sandbox(limits_proven, clean_machine):
+    """5 children of 800 MB each once raised host memory by GBs: each process now gets
+    memory_mb / max_procs (1024 / 8 = 128 MiB), so all of them together stay within memory_mb."""
+    probe = textwrap.dedent("""
+        import os
+        codes = []
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    block = bytearray(800 << 20)
+                    os._exit(0)
+                except MemoryError:
+                    os._exit(3)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        size = len(bytearray(64 << 20))  # the control: within the process' share
+    """)
+    res = run_code_tests(probe, ["assert codes == [3] * 5", "assert size == 67108864"],
+                         memory_mb=1024, max_procs=8)
+    assert res.statuses == ("passed", "passed"), res
+
+
+@needs_sandbox
+def test_file_count_capped(limits_proven, clean_machine):
+    probe = textwrap.dedent("""
+        n, err = 0, None
+        while n < 100_000:
+            try:
+                open(f"f{n}", "w").close()
+            except OSError as e:
+                err = e.errno
+                break
+            n += 1
+    """)
+    res = run_code_tests(probe, [f"assert err == {errno.ENOSPC}", f"assert {sandbox_mod.TMPFS_INODES} - 10 < n "
+                                 f"< {sandbox_mod.TMPFS_INODES}"], timeout=10)
+    assert res.statuses == ("passed", "passed"), res
+
+
+def _package_dirs() -> list[str]:
+    """The host's installed-package dirs below the dirs the sandbox mounts."""
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
+    bases = [d for d in sandbox_mod._SYSTEM_DIRS + (prefix,) if os.path.isdir(d) and not os.path.islink(d)]
+    return sorted({p for d in bases for pattern in sandbox_mod._PACKAGE_DIRS for p in glob.glob(f"{d}/{pattern}")})
+
+
+@needs_sandbox
+def test_only_the_standard_library_imports(limits_proven, clean_machine):
+    dirs = [d for d in _package_dirs() if os.listdir(d)]
+    if not dirs:
+        pytest.skip("this host has no installed packages below the mounted dirs to hide")
+    name = next((n for d in dirs for n in sorted(os.listdir(d)) if os.path.isfile(f"{d}/{n}/__init__.py")), None)
+    probe = textwrap.dedent(f"""
+        import os, sys
+        sys.path[:0] = {dirs!r}  # what a solution after numpy would try
+        listed = sorted(n for d in sys.path[:{len(dirs)}] if os.path.isdir(d) for n in os.listdir(d))
+        try:
+            __import__({name!r})
+            outcome = "imported"
+        except ImportError as e:
+            outcome = type(e).__name__
+        import json  # the standard library is there
+    """)
+    res = run_code_tests(probe, ["assert listed == []", "assert outcome == 'ModuleNotFoundError'"])
+    assert res.statuses == ("passed", "passed"), (res, dirs, name)
+
+
+@needs_sandbox
+def test_killed_caller_takes_its_sandbox_along(limits_proven, clean_machine):
+    """kill -9 of the scoring process once left the sandbox running for timeout + 5 s and a
+    /tmp/lightrl-sandbox-* dir behind; now every sandbox process dies with its parent."""
+    before_procs, before_dirs = _our_processes(), _sandbox_dirs()
+    script = ("from lightrl.rewards.code import run_code_tests\n"
+              "run_code_tests('import time\\ndef f():\\n    time.sleep(60)\\n', ['assert f()'], timeout=30)\n")
+    scorer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 20
+        while not _solution_running(_our_processes() - before_procs):
+            assert time.monotonic() < deadline and scorer.poll() is None, "the sandbox did not start"
+            time.sleep(0.05)
+        assert len(_our_processes() - before_procs) >= 4  # launcher, its fork, init, harness, solution
+    finally:
+        scorer.kill()
+        scorer.wait()
+    deadline = time.monotonic() + 2.0
+    while (left := _our_processes() - before_procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"sandbox processes outlived their killed caller: {sorted(left)}"
+    assert _sandbox_dirs() == before_dirs
+
+
+def _solution_running(pids) -> bool:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"harness.py\0serve" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
 # ------------------------------------------------------------- no namespaces
 
 

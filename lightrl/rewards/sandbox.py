@@ -132,13 +132,15 @@ def _build_root(job, prefix: str, prefix_fd: int) -> None:
     os.chdir("/")
 
 
-def _become_sandbox_user(job) -> None:
+def _become_sandbox_user(job, parent: int) -> None:
+    """Drop to the sandbox user (when root); `parent`: the pid whose death must still kill us."""
     if job["root"]:
         # Root ignores RLIMIT_NPROC and file permissions. Inside the new user
         # namespace this keeps the capabilities there until exec.
         os.setgroups([])
         os.setgid(job["gid"])
         os.setuid(job["uid"])
+        _die_with_parent(parent)  # a change of uid clears PR_SET_PDEATHSIG
 
 
 def _die_with_parent(parent: int | None) -> None:
@@ -216,7 +218,7 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
             stage = "opening the interpreter's directory"
             prefix = os.path.dirname(os.path.dirname(job["python"]))  # <prefix>/bin/python
             prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
-            _become_sandbox_user(job)
+            _become_sandbox_user(job, launcher)
             init = os.fork()  # pid 1 of the new pid namespace
             if init:
                 os.close(status_w)
@@ -237,7 +239,7 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
                     if pid == harness:
                         os._exit(_exit_code(st))
         stage = "harness setup"
-        _exec_harness(job)
+        _exec_harness(job, launcher)
     except BaseException as e:  # noqa: BLE001 - report anything, then leave
         try:
             os.write(status_w, f"{stage}: {e}\n".encode())
@@ -245,7 +247,7 @@ def _child(job, launcher: int, status_w: int, go_r: int) -> None:
             os._exit(SETUP_FAILED)
 
 
-def _exec_harness(job) -> None:
+def _exec_harness(job, launcher: int) -> None:
     cpu = math.ceil(job["timeout"])
     per_process = (job["memory_mb"] << 20) // job["max_procs"]
     for res, soft, hard in [
@@ -260,7 +262,7 @@ def _exec_harness(job) -> None:
     if not job["isolate"]:
         if job["root"]:
             os.chown(job["workdir"], job["uid"], job["gid"])
-        _become_sandbox_user(job)
+        _become_sandbox_user(job, launcher)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     home = "/tmp" if job["isolate"] else job["workdir"]
     os.chdir(home)
