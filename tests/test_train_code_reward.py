@@ -42,20 +42,23 @@ def test_code_rows_and_bad_rows(tmp_path):
         {"question": "triple", "tests": [["1", "1", "1"]]},
         '{"question": "broken", ',
         {"q": "custom field", "checks": [["", "hi\n"]]},
+        {"question": "a method call", "tests": ["assert obj.f(1) == 2"]},
     ])
     for line, message in [(2, "missing tests field 'tests'"), (3, "field 'tests': tests: expected a non-empty list"),
                           (4, "field 'tests': tests: expected all assert strings"),
                           (5, r"field 'tests': tests\[0\] is not valid Python"),
                           (6, "field 'tests': tests: expected a non-empty list"),
-                          (7, "field 'tests': tests: expected all assert strings"), (8, "malformed JSON")]:
+                          (7, "field 'tests': tests: expected all assert strings"), (8, "malformed JSON"),
+                          (10, r"field 'tests': tests\[0\] 'assert obj.f\(1\) == 2': `obj.f\(1\)`: only the "
+                               "solution's functions by name")]:
         lines = [json.dumps({"question": "ok", "tests": ["assert True"]})] * (line - 1)
         g = write_jsonl(tmp_path / f"bad{line}.jsonl", lines + [open(f).read().splitlines()[line - 1]])
         with pytest.raises(BadRow, match=rf"bad{line}.jsonl:{line}: {message}"):
             load_rows(g, reward="code")
     rows, bad = load_rows(f, reward="code", skip_bad_rows=True)
-    assert bad == 8 and rows == [{"question": "ok", "tests": ["assert True"]}]
+    assert bad == 9 and rows == [{"question": "ok", "tests": ["assert True"]}]
     rows, bad = load_rows(f, "q", reward="code", tests_field="checks", skip_bad_rows=True)
-    assert bad == 8 and rows == [{"question": "custom field", "tests": [("", "hi\n")]}]
+    assert bad == 9 and rows == [{"question": "custom field", "tests": [("", "hi\n")]}]
     with pytest.raises(BadRow, match=r"bad.jsonl:1: missing tests field 'checks'.*set --tests-field"):
         load_rows(f, reward="code", tests_field="checks")
     # The answer field is not needed for code, and math mode is unchanged (it still wants one).
@@ -68,6 +71,7 @@ HALF = "```python\ndef add(a, b):\n    return a + b if a != 2 else 0\n```"  # fa
 WRONG = "```python\ndef add(a, b):\n    return a - b\n```"  # passes none of the four
 FORK_BOMB = "```python\nimport os\nwhile True:\n    os.fork()\n```"
 DOUBLE = "```python\nprint(2 * int(input()))\n```"
+CHEAT = "```python\nclass Same:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Same()\n```"
 
 
 class TextTokenizer:
@@ -87,11 +91,11 @@ class Row:
 def test_rewards_score_completions_in_the_sandbox(tmp_path):
     rows, _ = load_rows(code_file(tmp_path), reward="code")
     add, double = rows
-    comps = [GOOD, HALF, WRONG, FORK_BOMB, "no code at all", DOUBLE, GOOD]
-    per_comp = [add, add, add, add, add, double, double]
+    comps = [GOOD, HALF, WRONG, FORK_BOMB, "no code at all", CHEAT, DOUBLE, GOOD]
+    per_comp = [add, add, add, add, add, add, double, double]
     cfg = Config(reward="code", format_weight=0.0)
     scores, shaping = _rewards(comps, per_comp, TextTokenizer(), cfg, Row())
-    assert scores == [1.0, 0.75, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert scores == [1.0, 0.75, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert shaping == [0.0] * len(comps)
 
 
