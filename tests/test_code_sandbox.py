@@ -6,12 +6,12 @@ then do fork bombs and big allocations run. Each sandbox test also checks that
 the machine is left as it was: no new process in another network namespace or
 running the launcher, no new sandbox temp dir.
 """
+import ast
 import errno
 import glob
 import json
 import os
 import re
-import signal
 import shutil
 import socket
 import stat
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from lightrl.rewards import harness
 from lightrl.rewards import sandbox as sandbox_mod
 from lightrl.rewards.code import SandboxUnavailable, code_reward, extract_code, run_code_tests
 from lightrl.rewards.code import test_kind as kind_of  # not test_*: pytest would collect it
@@ -178,6 +179,33 @@ def test_test_forms():
     ]:
         with pytest.raises(ValueError, match=r"tests\[1\] " + re.escape(repr(bad)) + ": " + message):
             kind_of(["assert True", bad])
+
+
+def test_harness_evaluates_tests_itself():
+    """Without a sandbox: the harness asks the solution only for names and calls, with plain values,
+    and computes everything else (helpers included, even where the solution has such a name)."""
+    asked = []
+    values = {"f": lambda x: [x, x * 2], "g": lambda x: x + 1, "abs": lambda x: 0, "n": 4}
+
+    def ask(name, args, kwargs):
+        asked.append((name, args, kwargs))
+        return values[name] if args is None else values[name](*args, **kwargs)
+
+    def ev(src):
+        asked.clear()
+        return harness.evaluate(harness.check_test(src), ask)
+
+    assert ev("assert f(g(1)) == [2, 4]") is True and asked == [("g", [1], {}), ("f", [2], {})]
+    assert ev("assert abs(g(-5)) == 4") is True and [a[0] for a in asked] == ["g"]  # the builtin abs
+    assert ev("assert g(0) > 5 and f(n)") is False and asked == [("g", [0], {})]  # short-circuits
+    assert ev("assert 0 < g(0) < 2 <= n") is True
+    assert ev("assert math.isclose(g(0.5), 1.5) and sorted(f(3))[-1] % 4 == 2") is True
+    value = {"a": [(1, 2.5, None, -3j)], 2: {b"x", "y", False}, "": set()}
+    assert ast.literal_eval(harness.plain_repr(value)) == value
+    for bad, message in [(type("Int", (int,), {})(3), r"returned a \S*\.Int;"), (float("nan"), "returned nan"),
+                         ([1, {2: object()}], "returned a builtins.object")]:
+        with pytest.raises(TypeError, match=message):
+            harness.plain_repr(bad)
 
 
 # --------------------------------------------------------------- positive
@@ -660,7 +688,7 @@ def _solution_running(pids) -> bool:
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)")
 def test_refuses_without_namespaces(clean_machine):
     """Inside a user namespace that may not create further ones, the call refuses."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         from lightrl.rewards.code import SandboxUnavailable, run_code_tests
         try:
             run_code_tests("x = 1", ["assert x == 1"])
