@@ -68,7 +68,11 @@ def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, sk
 
 def _jsonl_records(path: str):
     """(line number, parsed object or the BadRow saying why not) per non-blank line."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+    with f:
         i = 0
         while raw := f.readline(MAX_ROW_BYTES + 1):
             i += 1

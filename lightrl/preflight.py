@@ -147,28 +147,34 @@ def _data(cfg: Config) -> tuple[list[dict], list[dict], int]:
 
 
 def _check_model(cfg: Config) -> None:
-    """A local model directory must hold a config and a tokenizer; a hub id must be reachable or cached."""
+    """A local model directory must hold a config and a tokenizer; a hub id must be cached or reachable."""
     model = cfg.model
     if model == "tiny":
         return
     if os.path.isdir(model):
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise UserError(f"--model {model}: no config.json in that directory; pass a Hugging Face model "
-                            "directory (save_pretrained output)")
-        if not any(os.path.isfile(os.path.join(model, n)) for n in checkpoint.TOKENIZER_FILES):
-            raise UserError(f"--model {model}: no tokenizer file ({', '.join(checkpoint.TOKENIZER_FILES)}) in it")
-        if cfg.instruction and not _has_chat_template(model):
-            warn(f"--model {model} has no chat template: each prompt is sent as the question, a newline, "
-                 f"--instruction ({cfg.instruction[:40]!r}...) and a newline; pass --instruction '' to send "
-                 "the bare question")
+        _check_model_dir(model, model, cfg.instruction)
         return
     if not HUB_ID.fullmatch(model) or model.startswith((".", "~")):
         raise UserError(f"--model {model}: no such local directory (a Hugging Face id looks like org/name)")
-    if _hub_cached(model):
-        return
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
+    cached = _hub_cached(model)
+    if cached:  # its snapshot directory is checked like a local one
+        _check_model_dir(model, os.path.dirname(cached), cfg.instruction)
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
         raise UserError(f"--model {model}: not a local directory, not in the Hugging Face cache, and this machine "
-                        "has no hub access; download it where there is, then pass its directory")
+                        "has no hub access; download it on a machine that has, then pass its local directory")
+
+
+def _check_model_dir(model: str, path: str, instruction: str) -> None:
+    """model: as the user wrote it; path: its directory (the hub cache's snapshot for a hub id)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"--model {model}: no config.json in {path}; pass a Hugging Face model directory "
+                        "(save_pretrained output)")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in checkpoint.TOKENIZER_FILES):
+        raise UserError(f"--model {model}: no tokenizer file ({', '.join(checkpoint.TOKENIZER_FILES)}) in {path}")
+    if instruction and not _has_chat_template(path):
+        warn(f"--model {model} has no chat template: each prompt is sent as the question, a newline, "
+             f"--instruction ({instruction[:40]!r}...) and a newline; pass --instruction '' to send the bare "
+             "question")
 
 
 def _has_chat_template(model_dir: str) -> bool:
@@ -181,12 +187,14 @@ def _has_chat_template(model_dir: str) -> bool:
         return False
 
 
-def _hub_cached(model: str) -> bool:
+def _hub_cached(model: str) -> str | None:
+    """Path of the model's config.json in the Hugging Face cache, if it is there."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
-        return False
-    return isinstance(try_to_load_from_cache(model, "config.json"), str)
+        return None
+    found = try_to_load_from_cache(model, "config.json")
+    return found if isinstance(found, str) else None
 
 
 def _hub_reachable() -> bool:

@@ -2,6 +2,7 @@
 created, and (unless the check needs torch) well within 2 s, from a real `python -m lightrl.run`."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,7 +80,7 @@ CASES = [
                                         "looks like org/name)"),
     (["--model", "no-org/no-model"], "--model no-org/no-model: not a local directory, not in the Hugging Face "
                                      "cache, and this machine has no hub access"),
-    (["--model", "modeldir"], "--model modeldir: no config.json in that directory"),
+    (["--model", "modeldir"], "--model modeldir: no config.json in modeldir"),
     # resume targets
     (["--resume", "nowhere"], "--resume 'nowhere' does not exist"),
     (["--resume", "."], "--resume '.': no config.json in it or two levels up"),
@@ -170,3 +171,18 @@ def test_no_chat_template_and_unknown_tiny_characters_warn(warm_model, tmp_path,
             "tiny tokenizer reads as <unk>: 'Wahist'") in err
     preflight(Config(model="tiny", eval_data="", out_dir=str(tmp_path)))
     assert capsys.readouterr().err == ""
+
+
+def test_a_cached_hub_id_is_checked_like_a_local_directory(warm_model, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / "abc123"
+    shutil.copytree(warm_model, snapshot)
+    (tmp_path / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    preflight(Config(model="org/tiny", eval_data="", out_dir=str(tmp_path)))
+    assert "lightrl: warning: --model org/tiny has no chat template" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--model org/other: not a local directory, not in the Hugging Face cache, "
+                                         "and this machine has no hub access"):
+        preflight(Config(model="org/other", eval_data="", out_dir=str(tmp_path)))
