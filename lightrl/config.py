@@ -263,8 +263,19 @@ def checked(key: str, value, where: str):
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           str: isinstance(value, str)}[kind]
     if not ok:
-        raise ValueError(f"{where}: {key} = {value!r} ({_kind(value)}): expected {_EXPECTED[kind]}")
+        hint = ""
+        if kind is float and isinstance(value, str) and _is_float(value):
+            hint = f" (write it unquoted, e.g. {float(value)!r}; YAML reads 1e-3 without a dot as text)"
+        raise ValueError(f"{where}: {key} = {value!r} ({_kind(value)}): expected {_EXPECTED[kind]}{hint}")
     return float(value) if kind is float else value
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

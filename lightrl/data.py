@@ -66,6 +66,10 @@ def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, sk
     return rows, bad
 
 
+class DuplicateKey(ValueError):
+    """Raised by _unique_keys with the repeated key as its message."""
+
+
 def _jsonl_records(path: str):
     """(line number, parsed object or the BadRow saying why not) per non-blank line."""
     try:
@@ -97,11 +101,8 @@ def _jsonl_records(path: str):
                 yield i, BadRow(f"{path}:{i}: duplicate key {e} in one object (which one is meant?)")
 
 
-class DuplicateKey(ValueError):
-    pass
-
-
 def _unique_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: Python would keep the last of two equal keys, silently."""
     out = {}
     for key, value in pairs:
         if key in out:

@@ -43,7 +43,7 @@ CASES = [
     (["--config", "syntax.toml"], "syntax.toml:1:9: TOML syntax error"),
     (["--config", "syntax.yaml"], "syntax.yaml:3:1: YAML syntax error"),
     (["--config", "ten.toml"], "ten.toml: steps = 'ten' (a string): expected an integer"),
-    (["--config", "lr.toml"], "lr.toml: lr = '1e-3' (a string): expected a number"),
+    (["--config", "lr.toml"], "lr.toml: lr = '1e-3' (a string): expected a number (write it unquoted, e.g. 0.001;"),
     (["--config", "half.toml"], "half.toml: steps = 2.5 (a float): expected an integer"),
     (["--config", "row.toml"], "row.toml: row = 5 (an integer): expected a table of algorithm-row fields"),
     (["--config", "null.yaml"], "null.yaml: steps = None (null): expected an integer"),
