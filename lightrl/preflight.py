@@ -171,6 +171,9 @@ def _check_model_dir(model: str, path: str, instruction: str) -> None:
                         "(save_pretrained output)")
     if not any(os.path.isfile(os.path.join(path, n)) for n in checkpoint.TOKENIZER_FILES):
         raise UserError(f"--model {model}: no tokenizer file ({', '.join(checkpoint.TOKENIZER_FILES)}) in {path}")
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            checkpoint.check_safetensors(os.path.join(path, name))
     if instruction and not _has_chat_template(path):
         warn(f"--model {model} has no chat template: each prompt is sent as the question, a newline, "
              f"--instruction ({instruction[:40]!r}...) and a newline; pass --instruction '' to send the bare "

@@ -157,7 +157,7 @@ def test_resume_of_a_finished_run_says_nothing_to_do(tmp_path):
     assert tree(tmp_path) == before
 
 
-def test_no_chat_template_and_unknown_tiny_characters_warn(warm_model, tmp_path, capsys):
+def test_model_dir_checks_and_warnings(warm_model, tmp_path, capsys):
     data = tmp_path / "words.jsonl"
     data.write_text('{"question": "What is 1+1?", "answer": "2"}\n{"question": "3+4=", "answer": "7"}\n')
     preflight(Config(model=warm_model, data=str(data), eval_data="", instruction="Box it.", out_dir=str(tmp_path)))
@@ -165,6 +165,10 @@ def test_no_chat_template_and_unknown_tiny_characters_warn(warm_model, tmp_path,
     assert (f"lightrl: warning: --model {warm_model} has no chat template: each prompt is sent as the question, "
             "a newline, --instruction ('Box it.'...) and a newline; pass --instruction '' to send the bare "
             "question") in err
+    model = shutil.copytree(warm_model, tmp_path / "model")
+    os.truncate(model / "model.safetensors", 20000)
+    with pytest.raises(ValueError, match=f"{model}/model.safetensors: truncated \\(20000 bytes"):
+        preflight(Config(model=str(model), data=str(data), eval_data="", out_dir=str(tmp_path)))
     preflight(Config(model="tiny", data=str(data), eval_data="", out_dir=str(tmp_path)))
     err = capsys.readouterr().err
     assert ("lightrl: warning: --model tiny: 1 of 2 --data questions (first: 'What is 1+1?') hold characters the "
