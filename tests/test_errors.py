@@ -35,6 +35,7 @@ FILES = {
     "dup.jsonl": '{"question": "1+1=", "answer": "2", "answer": "3"}\n',
     "long.jsonl": '{"question": "' + "1" * (2 << 20) + '", "answer": "2"}\n',
     "modeldir/weights.bin": "",
+    "stub/config.json": json.dumps(Config().to_dict()),
 }
 
 CASES = [
@@ -84,6 +85,7 @@ CASES = [
     # resume targets
     (["--resume", "nowhere"], "--resume 'nowhere' does not exist"),
     (["--resume", "."], "--resume '.': no config.json in it or two levels up"),
+    (["--resume", "stub"], "--resume stub: no complete checkpoint there (checkpoints/latest missing)"),
 ]
 
 NEEDS_TORCH = [
