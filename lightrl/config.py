@@ -8,13 +8,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from lightrl.algos import ALGOS, AlgoRow, algos_markdown, get_algo
 
 # Rollout seeds: each step owns a block of this many, one per refill round (so max_refills < this).
 ROLLOUT_SEEDS_PER_STEP = 64
+# Completions of one step (or one evaluation) are all held in memory at once, as token lists and tensors.
+MAX_SAMPLES = 1 << 16
 
 
 def _opt(default, help: str, **kw):
@@ -89,6 +93,8 @@ class Config:
     save_every: int = _opt(50, "checkpoint every N steps (and at the end; 0 = only at the end)")
     keep_checkpoints: int = _opt(2, "complete checkpoints kept on disk")
     resume: str = _opt("", "run directory (or checkpoint directory) to continue from")
+    resume_ignore_checksum: bool = _opt(False, "resume even if the checkpoint's files do not match its "
+                                               "manifest.json (e.g. a checkpoint from an older lightrl)")
     wandb: bool = _opt(False, "also log to Weights & Biases (needs the wandb package)")
     wandb_project: str = _opt("lightrl", "wandb project")
     progress: bool = _opt(True, "tqdm progress bars")
@@ -116,12 +122,25 @@ def validate(cfg: Config) -> AlgoRow:
     if cfg.algo not in ALGOS:
         raise ValueError(f"--algo {cfg.algo!r} is unknown; known: {', '.join(ALGOS)} (see --list-algos)")
     row = cfg.algo_row()
+    if cfg.steps < 1:
+        raise ValueError(f"--steps {cfg.steps} would train nothing; pass --steps >= 1 (with --resume: the step "
+                         "to reach, counted from the start of the run)")
+    for f in dataclasses.fields(Config):
+        if isinstance(f.default, float) and not math.isfinite(getattr(cfg, f.name)):
+            raise ValueError(f"--{_flag(f.name)} must be a finite number, got {getattr(cfg, f.name)}")
+    for name in ("weight_decay", "grad_clip"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"--seed must be an integer in [0, 2**32), got {cfg.seed}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ValueError(f"--device {cfg.device!r}: expected auto, cpu, cuda or cuda:N")
     positive = ["prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "micro_batch",
                 "eval_k", "keep_checkpoints", "max_bad_steps", "max_prompt_tokens"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ["steps", "warmup_steps", "eval_every", "save_every", "warm_start_steps", "eval_limit",
+    for name in ["warmup_steps", "eval_every", "save_every", "warm_start_steps", "eval_limit",
                  "eval_max_new_tokens", "threads", "max_refills"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
@@ -141,6 +160,10 @@ def validate(cfg: Config) -> AlgoRow:
     sampled = cfg.group_size * row.sample_factor
     grouped = row.baseline != "none" or row.scale == "group_std" or row.keep in ("mixed", "drop_all_wrong",
                                                                                    "drop_all_correct")
+    if cfg.prompts_per_step * sampled > MAX_SAMPLES:
+        raise ValueError(f"--prompts-per-step x --group-size x sample_factor = {cfg.prompts_per_step} x "
+                         f"{cfg.group_size} x {row.sample_factor} = {cfg.prompts_per_step * sampled} completions "
+                         f"per step; at most {MAX_SAMPLES} fit (a step holds all of them in memory)")
     if sampled == 1 and grouped:
         raise ValueError(f"--group-size 1 with algo {cfg.algo!r} (baseline={row.baseline}, scale={row.scale}, "
                          f"keep={row.keep}): a group of one has no baseline, std or mix; use --group-size >= 2")
@@ -170,8 +193,8 @@ def validate(cfg: Config) -> AlgoRow:
         if value and value not in BUILTIN_DATA and not os.path.exists(value):
             raise ValueError(f"--{_flag(name)} {value!r}: no such file and not a built-in set "
                              f"({', '.join(BUILTIN_DATA)})")
-    if cfg.model != "tiny" and not os.path.isdir(cfg.model) and "/" not in cfg.model:
-        raise ValueError(f"--model {cfg.model!r}: not a directory, not 'tiny' and not an HF id (org/name)")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ValueError(f"--out-dir {cfg.out_dir!r} is a file, not a directory; pass a directory")
     import importlib.util
     if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError("--engine vllm needs vLLM: pip install 'lightrl[vllm]' (CUDA only), or use --engine hf")
@@ -187,28 +210,91 @@ def _flag(name: str) -> str:
 
 
 def load_file(path: str) -> dict:
-    """Config values from a TOML (.toml) or YAML (.yaml/.yml) file; a `[row]` table holds row overrides."""
+    """Config values from a TOML (.toml) or YAML (.yaml/.yml) file; a `[row]` table holds row overrides.
+
+    Every value is type-checked against its Config field (see checked); errors name the file."""
+    if not path.endswith((".toml", ".yaml", ".yml")):
+        raise ValueError(f"--config {path!r}: use a .toml or .yaml file")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise ValueError(f"--config {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path!r}: not UTF-8 text (byte {e.start})") from None
     if path.endswith(".toml"):
         import tomllib
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-    elif path.endswith((".yaml", ".yml")):
-        import yaml
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            at = re.search(r" \(at line (\d+), column (\d+)\)$", str(e))
+            where = f"{path}:{at[1]}:{at[2]}" if at else path
+            raise ValueError(f"{where}: TOML syntax error: {str(e)[:at.start()] if at else e}") from None
     else:
-        raise ValueError(f"--config {path!r}: use a .toml or .yaml file")
+        import yaml
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            raise ValueError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+        values = {} if values is None else values
     if not isinstance(values, dict):
         raise ValueError(f"--config {path!r}: expected a table of options at the top level")
-    known = {f.name for f in dataclasses.fields(Config)}
-    for key in values:
-        if key.replace("-", "_") not in known:
-            raise ValueError(f"--config {path!r}: unknown option {key!r}; see python -m lightrl.run --help")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return {key.replace("-", "_"): checked(key, value, path) for key, value in values.items()}
+
+
+def checked(key: str, value, where: str):
+    """`value` of option `key` from file `where`, with the type of its Config field (an int is a fine
+    float); ValueError naming the file, the key, the expected type and the value otherwise. Strict:
+    YAML's "no" is a string, not false, and true is not the integer 1."""
+    name = key.replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if name not in fields:
+        raise ValueError(f"{where}: unknown option {key!r}; see python -m lightrl.run --help")
+    if name == "row":
+        if not (isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values())):
+            raise ValueError(f"{where}: row = {value!r} ({_kind(value)}): expected a table of algorithm-row "
+                             "fields, e.g. [row] with eps_high = 0.28")
+        return value
+    kind = type(fields[name].default)
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}[kind]
+    if not ok:
+        hint = ""
+        if kind is float and isinstance(value, str) and _is_float(value):
+            hint = f" (write it unquoted, e.g. {float(value)!r}; YAML reads 1e-3 without a dot as text)"
+        raise ValueError(f"{where}: {key} = {value!r} ({_kind(value)}): expected {_EXPECTED[kind]}{hint}")
+    return float(value) if kind is float else value
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kind(value) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # lightrl.run prints this as one `lightrl: error:` line instead of argparse's usage dump.
+        raise ValueError(f"{message}; see python -m lightrl.run --help")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m lightrl.run",
         description="RL from verifiable rewards. With no arguments: the embedded CPU demo (tiny model, "
                     "arithmetic, grpo). Precedence: defaults < --config file < command line.",
@@ -258,11 +344,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config | None, str | None
 
 def _saved_config(path: str) -> dict:
     """config.json of the run that `path` (a run directory or one of its checkpoints) belongs to."""
+    if not os.path.exists(path):
+        raise ValueError(f"--resume {path!r} does not exist")
     for run_dir in (path, os.path.dirname(os.path.dirname(os.path.abspath(path)))):
         file = os.path.join(run_dir, "config.json")
         if os.path.exists(file):
-            with open(file) as f:
-                return json.load(f)
+            try:
+                with open(file) as f:
+                    values = json.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{file}: unreadable ({e}); restore the run's config.json") from None
+            if not isinstance(values, dict):
+                raise ValueError(f"{file}: expected a JSON object of options; restore the run's config.json")
+            # The override applies to one resume, not to every later one.
+            values.pop("resume_ignore_checksum", None)
+            return {key: checked(key, value, file) for key, value in values.items()}
     raise ValueError(f"--resume {path!r}: no config.json in it or two levels up; pass a run directory")
 
 

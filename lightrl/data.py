@@ -8,10 +8,10 @@ for the tiny model (lightrl.tiny).
 from __future__ import annotations
 
 import json
+import math
 import os
 
-import torch
-
+from lightrl.errors import UserError
 from lightrl.rewards.code import test_kind
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -20,9 +20,12 @@ QUESTION_FIELDS = ("question", "problem", "prompt")
 ANSWER_FIELDS = ("answer", "final_answer", "solution")
 TESTS_FIELDS = ("tests", "test_cases", "test_list")
 ARITHMETIC_ROWS = 20000
+# A longer JSONL line is refused before it is parsed or tokenized (a 50 MB line once took the
+# tokenizer to 4.5 GB); max_prompt_tokens keeps only the end of a prompt anyway.
+MAX_ROW_BYTES = 1 << 20
 
 
-class BadRow(ValueError):
+class BadRow(UserError):
     """A data row that cannot be used; the message names file, line and field."""
 
 
@@ -46,7 +49,7 @@ def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, sk
     elif path.endswith((".jsonl", ".json")):
         records = _jsonl_records(path)
     else:
-        raise ValueError(f"{path}: data files must be .jsonl or .parquet")
+        raise UserError(f"{path}: data files must be .jsonl or .parquet")
     rows, bad = [], 0
     for line, record in records:
         try:
@@ -54,24 +57,58 @@ def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, sk
                 rows.append(_code_row(path, line, record, question_field, tests_field))
             else:
                 rows.append(_row(path, line, record, question_field, answer_field))
-        except BadRow:
+        except BadRow as e:
             if not skip_bad_rows:
-                raise
+                raise BadRow(f"{e}; fix the row, or pass --skip-bad-rows to skip bad rows") from None
             bad += 1
     if not rows:
-        raise ValueError(f"{path}: no usable rows ({bad} bad rows skipped)")
+        raise UserError(f"{path}: no usable rows ({bad} bad rows skipped)")
     return rows, bad
 
 
+class DuplicateKey(ValueError):
+    """Raised by _unique_keys with the repeated key as its message."""
+
+
 def _jsonl_records(path: str):
-    with open(path, encoding="utf-8") as f:
-        for i, text in enumerate(f, 1):
+    """(line number, parsed object or the BadRow saying why not) per non-blank line."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+    with f:
+        i = 0
+        while raw := f.readline(MAX_ROW_BYTES + 1):
+            i += 1
+            if len(raw) > MAX_ROW_BYTES:
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line unread
+                    raw = f.readline(1 << 20)
+                yield i, BadRow(f"{path}:{i}: row longer than {MAX_ROW_BYTES} bytes; shorten it")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, BadRow(f"{path}:{i}:{e.start + 1}: invalid UTF-8 (byte 0x{raw[e.start]:02x}); "
+                                "save the file as UTF-8")
+                continue
             if not text.strip():
                 continue
             try:
-                yield i, json.loads(text)
+                yield i, json.loads(text.rstrip("\r\n"), object_pairs_hook=_unique_keys)  # colno: on this line
             except json.JSONDecodeError as e:
-                yield i, BadRow(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})")
+                yield i, BadRow(f"{path}:{i}:{e.colno}: malformed JSON ({e.msg})")
+            except DuplicateKey as e:
+                yield i, BadRow(f"{path}:{i}: duplicate key {e} in one object (which one is meant?)")
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: Python would keep the last of two equal keys, silently."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(repr(key))
+        out[key] = value
+    return out
 
 
 def _parquet_records(path: str):
@@ -107,7 +144,11 @@ def _row(path: str, line: int, record, question_field: str, answer_field: str) -
     where = f"{path}:{line}"
     q_key = _field(where, record, question_field, QUESTION_FIELDS, "question")
     a_key = _field(where, record, answer_field, ANSWER_FIELDS, "answer")
-    question, answer = _question(where, record, q_key), gold_answer(record[a_key])
+    value = record[a_key]
+    if not _gold_value(value) and not (isinstance(value, list) and value and all(map(_gold_value, value))):
+        raise BadRow(f"{where}: field {a_key!r} holds {value!r}; a gold answer must be a string, a finite "
+                     "number or a list of those")
+    question, answer = _question(where, record, q_key), gold_answer(value)
     if not answer:
         raise BadRow(f"{where}: field {a_key!r} holds no answer")
     return {"question": question, "answer": answer}
@@ -125,6 +166,12 @@ def _code_row(path: str, line: int, record, question_field: str, tests_field: st
     except ValueError as e:
         raise BadRow(f"{where}: field {t_key!r}: {e}") from None
     return {"question": _question(where, record, q_key), "tests": tests}
+
+
+def _gold_value(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 def gold_answer(value) -> str:
@@ -154,6 +201,7 @@ class PromptSampler:
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
+        import torch  # not at the top: the preflight checks load data without paying for torch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 

@@ -6,9 +6,8 @@ answers the math verifier checks, written as `\\boxed{N}`.
 """
 import random
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+# torch, tokenizers and transformers are imported in the functions that use them: the preflight
+# checks read CHARS (unknown_chars) before anything heavy is imported.
 
 BOXED = "\\boxed{"
 # "\boxed{" is one token so a completion is just a few tokens: \boxed{ 1 7 } <eos>.
@@ -16,8 +15,15 @@ CHARS = list("0123456789+-*=?() }")
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer over digits, operators and the `\\boxed{` marker."""
+def unknown_chars(text: str) -> set[str]:
+    """Characters of `text` the tiny tokenizer does not know (it would read each as <unk>)."""
+    return set(text.replace(BOXED, "")) - set(CHARS)
+
+
+def build_tokenizer():
+    """Character-level tokenizer (a PreTrainedTokenizerFast) over digits, operators and the `\\boxed{` marker."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
     vocab = {tok: i for i, tok in enumerate(SPECIALS + [BOXED] + CHARS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
@@ -30,8 +36,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_model(tokenizer, seed: int = 0, hidden: int = 96, layers: int = 2) -> LlamaForCausalLM:
-    """A randomly initialised Llama with tied embeddings, a few hundred thousand parameters."""
+def build_model(tokenizer, seed: int = 0, hidden: int = 96, layers: int = 2):
+    """A randomly initialised LlamaForCausalLM with tied embeddings, a few hundred thousand parameters."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
@@ -75,6 +83,7 @@ def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, see
     Log-probs come from lightrl.kernels.linear_logprobs on the completion positions' hidden
     states, like the RL loss, so no logits tensor is built here either.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from lightrl.kernels import linear_logprobs

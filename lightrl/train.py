@@ -29,27 +29,26 @@ import torch
 from tqdm.auto import tqdm
 
 from lightrl import checkpoint
-from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config, validate
-from lightrl.data import PromptSampler, load_rows, prompt_text
+from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
+from lightrl.data import PromptSampler, prompt_text
+from lightrl.errors import RunStopped
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import MetricsLog
+from lightrl.preflight import Start, preflight
 from lightrl.rewards.code import code_reward
 from lightrl.rewards.math import get_stats, score_batch
 from lightrl.rewards.rules import format_reward, overlong_penalty
 
 
-def train(cfg: Config) -> str:
-    """Run RL as configured; returns the run directory."""
-    row = validate(cfg)  # every config error surfaces here, before any model is loaded
+def train(cfg: Config, start: Start | None = None) -> str:
+    """Run RL as configured; returns the run directory. start: preflight(cfg), when the caller ran it."""
+    start = start or preflight(cfg)  # every config and input error surfaces here, before anything is created
+    row = start.row
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     engine_name = cfg.engine
     if engine_name == "auto":
         engine_name = "vllm" if device.type == "cuda" and _has_vllm() else "hf"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {cfg.device}: CUDA is not available here; use --device cpu")
-    if engine_name == "vllm" and device.type != "cuda":
-        raise ValueError("--engine vllm needs a CUDA device; use --engine hf on CPU")
     amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "float32": None,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
     if cfg.threads:
@@ -59,31 +58,13 @@ def train(cfg: Config) -> str:
         hf_logging.disable_progress_bar()
 
     # ---- run directory (new, or the one being resumed) -------------------------------------
-    ckpt = checkpoint.find(cfg.resume) if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        raise ValueError(f"--resume {cfg.resume}: no complete checkpoint there (checkpoints/latest missing)")
-    if ckpt:
-        run_dir = os.path.dirname(os.path.dirname(ckpt))
-    else:
-        name = cfg.run_name or f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = os.path.join(cfg.out_dir, name)
-        if checkpoint.find(run_dir):
-            raise ValueError(f"{run_dir} already holds checkpoints: continue it with --resume {run_dir}, "
-                             "or pick another --run-name")
-        os.makedirs(run_dir, exist_ok=True)
+    ckpt, run_dir = start.ckpt, start.run_dir
+    os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.json"))
     print(f"lightrl: run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
 
     # ---- data ---------------------------------------------------------------------------------
-    rows, bad_rows = load_rows(cfg.data, cfg.question_field, cfg.answer_field, skip_bad_rows=cfg.skip_bad_rows,
-                               seed=cfg.seed, reward=cfg.reward, tests_field=cfg.tests_field)
-    eval_rows = []
-    if cfg.eval_data:
-        eval_rows, bad_eval = load_rows(cfg.eval_data, cfg.question_field, cfg.answer_field,
-                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed, reward=cfg.reward,
-                                        tests_field=cfg.tests_field)
-        bad_rows += bad_eval
-        eval_rows = eval_rows[:cfg.eval_limit] if cfg.eval_limit else eval_rows
+    rows, eval_rows, bad_rows = start.rows, start.eval_rows, start.bad_rows
     if bad_rows:
         print(f"lightrl: skipped {bad_rows} bad data rows (--skip-bad-rows)")
 
@@ -114,7 +95,7 @@ def train(cfg: Config) -> str:
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
-        start_step, bad_in_a_row = state["step"], state["bad_in_a_row"]
+        start_step = state["step"]  # bad_in_a_row starts at 0: a resume (often with a new LR) counts afresh
         print(f"lightrl: resumed from {ckpt} at step {start_step}")
 
     # ---- rollout engine, logger ---------------------------------------------------------------
@@ -293,13 +274,13 @@ def train(cfg: Config) -> str:
         log.write(m)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.3f}")
         if bad_in_a_row >= cfg.max_bad_steps:
-            raise RuntimeError(f"stopping: {bad_in_a_row} consecutive steps had non-finite rewards or losses "
-                               f"(last: {skip_reason}); the last good checkpoint is in {run_dir}/checkpoints")
+            raise RunStopped(f"stopping: {bad_in_a_row} consecutive steps had non-finite rewards or losses "
+                             f"(last: {skip_reason}); the last good checkpoint is in {run_dir}/checkpoints")
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
             state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
-            checkpoint.save(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints)
+            checkpoint.save(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints, finite=not nonfinite)
     bar.close()
     log.close()
     print(f"lightrl: done. Outputs in {os.path.abspath(run_dir)}: metrics.jsonl, curves.png, TensorBoard events "

@@ -51,9 +51,10 @@ def test_code_rows_and_bad_rows(tmp_path):
                           (7, "field 'tests': tests: expected all assert strings"), (8, "malformed JSON"),
                           (10, r"field 'tests': tests\[0\] 'assert obj.f\(1\) == 2': `obj.f\(1\)`: only the "
                                "solution's functions by name")]:
+        where = f"bad{line}.jsonl:{line}" + (":24" if line == 8 else "")  # a JSON error also names its column
         lines = [json.dumps({"question": "ok", "tests": ["assert True"]})] * (line - 1)
         g = write_jsonl(tmp_path / f"bad{line}.jsonl", lines + [open(f).read().splitlines()[line - 1]])
-        with pytest.raises(BadRow, match=rf"bad{line}.jsonl:{line}: {message}"):
+        with pytest.raises(BadRow, match=rf"{where}: {message}"):
             load_rows(g, reward="code")
     rows, bad = load_rows(f, reward="code", skip_bad_rows=True)
     assert bad == 9 and rows == [{"question": "ok", "tests": ["assert True"]}]

@@ -84,7 +84,7 @@ def test_data_rows_and_bad_rows(tmp_path):
                  '{"question": "x?"}\n'
                  '{"question": "  ", "answer": "3"}\n'
                  '{"problem": "2+2?", "answer": "4"}\n')
-    with pytest.raises(BadRow, match=r"d.jsonl:2: malformed JSON"):
+    with pytest.raises(BadRow, match=r"d.jsonl:2:24: malformed JSON .*; fix the row, or pass --skip-bad-rows"):
         load_rows(str(f))
     rows, bad = load_rows(str(f), skip_bad_rows=True)
     assert rows == [{"question": "1+1?", "answer": "2"}, {"question": "2+2?", "answer": "4"}] and bad == 3
