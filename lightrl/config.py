@@ -91,7 +91,9 @@ class Config:
     resume: str = _opt("", "run directory (or checkpoint directory) to continue from")
     wandb: bool = _opt(False, "also log to Weights & Biases (needs the wandb package)")
     wandb_project: str = _opt("lightrl", "wandb project")
-    progress: bool = _opt(True, "tqdm progress bars")
+    progress: bool = _opt(True, "tqdm progress bars (only when stdout and stderr are terminals)")
+    log_every: int = _opt(10, "without progress bars (--no-progress, or output not a terminal): a log line "
+                              "every N steps")
 
     def __post_init__(self):
         if self.row is None:
@@ -117,7 +119,7 @@ def validate(cfg: Config) -> AlgoRow:
         raise ValueError(f"--algo {cfg.algo!r} is unknown; known: {', '.join(ALGOS)} (see --list-algos)")
     row = cfg.algo_row()
     positive = ["prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "micro_batch",
-                "eval_k", "keep_checkpoints", "max_bad_steps", "max_prompt_tokens"]
+                "eval_k", "keep_checkpoints", "max_bad_steps", "max_prompt_tokens", "log_every"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(cfg, name)}")

@@ -33,7 +33,7 @@ from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config, validate
 from lightrl.data import PromptSampler, load_rows, prompt_text
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
-from lightrl.logs import MetricsLog
+from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.rewards.code import code_reward
 from lightrl.rewards.math import get_stats, score_batch
 from lightrl.rewards.rules import format_reward, overlong_penalty
@@ -41,6 +41,8 @@ from lightrl.rewards.rules import format_reward, overlong_penalty
 
 def train(cfg: Config) -> str:
     """Run RL as configured; returns the run directory."""
+    started = time.time()
+    progress = show_bars(cfg.progress)
     row = validate(cfg)  # every config error surfaces here, before any model is loaded
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     engine_name = cfg.engine
@@ -54,7 +56,7 @@ def train(cfg: Config) -> str:
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if not cfg.progress:
+    if not progress:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
 
@@ -72,7 +74,7 @@ def train(cfg: Config) -> str:
                              "or pick another --run-name")
         os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.json"))
-    print(f"lightrl: run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
+    logger.info(f"run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
 
     # ---- data ---------------------------------------------------------------------------------
     rows, bad_rows = load_rows(cfg.data, cfg.question_field, cfg.answer_field, skip_bad_rows=cfg.skip_bad_rows,
@@ -85,7 +87,7 @@ def train(cfg: Config) -> str:
         bad_rows += bad_eval
         eval_rows = eval_rows[:cfg.eval_limit] if cfg.eval_limit else eval_rows
     if bad_rows:
-        print(f"lightrl: skipped {bad_rows} bad data rows (--skip-bad-rows)")
+        logger.warning(f"skipped {bad_rows} bad data rows (--skip-bad-rows)")
 
     # ---- policy, reference, optimizer -----------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -115,7 +117,7 @@ def train(cfg: Config) -> str:
         sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
         start_step, bad_in_a_row = state["step"], state["bad_in_a_row"]
-        print(f"lightrl: resumed from {ckpt} at step {start_step}")
+        logger.info(f"resumed from {ckpt} at step {start_step}")
 
     # ---- rollout engine, logger ---------------------------------------------------------------
     stop_ids = _stop_ids(tokenizer, model)
@@ -129,8 +131,8 @@ def train(cfg: Config) -> str:
             engine.sync_weights(model)
     else:
         from lightrl.rollout import HFEngine
-        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, stop_ids=stop_ids, progress=cfg.progress)
-    log = MetricsLog(run_dir, cfg, resume_step=start_step)
+        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, stop_ids=stop_ids, progress=progress)
+    log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started)
     weight = model.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
     group_n = cfg.group_size * row.sample_factor
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
@@ -162,7 +164,7 @@ def train(cfg: Config) -> str:
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), desc="steps", initial=start_step, total=cfg.steps,
-               disable=not cfg.progress)
+               disable=not progress)
     for step in bar:
         t_step = time.time()
         if device.type == "cuda":
@@ -258,7 +260,7 @@ def train(cfg: Config) -> str:
                 return out
 
             loss_total, metrics = accumulate_gradients(
-                tqdm(micro, desc="update", leave=False, disable=not cfg.progress), row, totals, loss_of)
+                tqdm(micro, desc="update", leave=False, disable=not progress), row, totals, loss_of)
             if update == 0:  # like the loss: the first update, where the batch is on-policy
                 m.update({LOSS_METRIC_NAMES.get(k, k): v for k, v in metrics.items()})
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
@@ -279,7 +281,7 @@ def train(cfg: Config) -> str:
             engine.sync_weights(model)
         bad_in_a_row = bad_in_a_row + 1 if nonfinite else 0
         if skip_reason is not None:
-            tqdm.write(f"lightrl: step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
+            logger.warning(f"step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
         m["skipped"] = int(skip_reason is not None)
         t_end = time.time()
 
@@ -301,9 +303,7 @@ def train(cfg: Config) -> str:
                      "rng": checkpoint.rng_state()}
             checkpoint.save(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints)
     bar.close()
-    log.close()
-    print(f"lightrl: done. Outputs in {os.path.abspath(run_dir)}: metrics.jsonl, curves.png, TensorBoard events "
-          f"(tensorboard --logdir {run_dir}), checkpoints/ (latest: {os.path.join(run_dir, 'checkpoints', 'latest')})")
+    log.close()  # draws curves.png and logs the summary
     return run_dir
 
 
@@ -364,7 +364,7 @@ def _load_policy(cfg: Config, run_dir: str, ckpt: str | None, rows: list[dict], 
             tokenizer = tiny.build_tokenizer()
             model = tiny.build_model(tokenizer, seed=cfg.seed).to(device)
             tiny.warm_start(model, tokenizer, rows, steps=cfg.warm_start_steps, lr=cfg.warm_start_lr,
-                            seed=cfg.seed, progress=cfg.progress)
+                            seed=cfg.seed, progress=show_bars(cfg.progress))
             model.save_pretrained(init_path)
             tokenizer.save_pretrained(init_path)
             return tokenizer, model, init_path
@@ -422,12 +422,12 @@ def _apply_liger(model) -> None:
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
     if fn is None:
-        print(f"lightrl: liger-kernel has no kernels for model type {model.config.model_type!r}; running without")
+        logger.info(f"liger-kernel has no kernels for model type {model.config.model_type!r}; running without")
         return
     wanted = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     params = inspect.signature(fn).parameters
     fn(model=model, **{k: v for k, v in wanted.items() if k in params})
-    print(f"lightrl: liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
+    logger.info(f"liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
 
 
 def verifier_scores(texts: list[str], rows: list[dict], reward: str) -> list[float]:
