@@ -33,8 +33,10 @@ class Config:
                                    "'arithmetic' (the tiny model's task), 'gsm8k', 'math500'")
     question_field: str = _opt("", "field holding the question ('' = first of question/problem/prompt)")
     answer_field: str = _opt("", "field holding the gold answer ('' = first of answer/final_answer/solution)")
-    reward: str = _opt("math", "verifier score: 'math' (answer vs the gold answer) or 'code' (fraction of "
-                               "the row's tests passed in the sandbox; the data rows must carry tests)")
+    reward: tuple = _opt(("math",), "reward term, repeatable: 'math' (answer vs the gold answer), 'code' "
+                                    "(fraction of the row's tests passed in the sandbox; the rows must carry "
+                                    "tests) or 'module:function' (your f(completions, rows) -> list of floats); "
+                                    "NAME=WEIGHT weights a term, e.g. --reward math --reward mypkg:brevity=0.1")
     tests_field: str = _opt("", "reward code: field holding the tests, a JSON list of assert strings or "
                                 "[stdin, stdout] pairs ('' = first of tests/test_cases/test_list)")
     instruction: str = _opt("Please reason step by step, and put your final answer within \\boxed{}.",
@@ -98,6 +100,8 @@ class Config:
     def __post_init__(self):
         if self.row is None:
             self.row = {}
+        # One term may come as a string (Python, a TOML/YAML file); config.json holds a list.
+        self.reward = (self.reward,) if isinstance(self.reward, str) else tuple(self.reward)
 
     def algo_row(self) -> AlgoRow:
         """The algorithm row with this config's overrides applied (validated)."""
@@ -156,9 +160,8 @@ def validate(cfg: Config) -> AlgoRow:
         raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.backend not in ("auto", "triton", "torch", "reference"):
         raise ValueError(f"--backend must be auto, triton, torch or reference, got {cfg.backend!r}")
-    if cfg.reward not in ("math", "code"):
-        raise ValueError(f"--reward must be math or code, got {cfg.reward!r}")
-    if cfg.reward == "code":
+    from lightrl.rewards.combined import data_kind
+    if data_kind(cfg.reward) == "code":  # also imports --reward module:function, naming what is missing
         for name, or_none in (("data", ""), ("eval_data", ", or --eval-data '' for no evaluation")):
             if getattr(cfg, name) in BUILTIN_DATA:
                 raise ValueError(f"--reward code: --{_flag(name)} {getattr(cfg, name)!r} is a built-in math set "
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
         if isinstance(f.default, bool):
             p.add_argument("--" + _flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif isinstance(f.default, tuple):
+            p.add_argument("--" + _flag(f.name), action="append", metavar=f.name.upper(), **kw)
         else:
             p.add_argument("--" + _flag(f.name), type=type(f.default), metavar=f.name.upper(), **kw)
     return p

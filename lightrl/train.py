@@ -23,7 +23,6 @@ import math
 import os
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from tqdm.auto import tqdm
@@ -34,8 +33,9 @@ from lightrl.data import PromptSampler, load_rows, prompt_text
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import MetricsLog, logger, show_bars
-from lightrl.rewards.code import code_reward
-from lightrl.rewards.math import get_stats, score_batch
+from lightrl.rewards.combined import data_kind, reward_stats
+from lightrl.rewards.combined import score as reward_score
+from lightrl.rewards.math import get_stats
 from lightrl.rewards.rules import format_reward, overlong_penalty
 
 
@@ -78,11 +78,11 @@ def train(cfg: Config) -> str:
 
     # ---- data ---------------------------------------------------------------------------------
     rows, bad_rows = load_rows(cfg.data, cfg.question_field, cfg.answer_field, skip_bad_rows=cfg.skip_bad_rows,
-                               seed=cfg.seed, reward=cfg.reward, tests_field=cfg.tests_field)
+                               seed=cfg.seed, reward=data_kind(cfg.reward), tests_field=cfg.tests_field)
     eval_rows = []
     if cfg.eval_data:
         eval_rows, bad_eval = load_rows(cfg.eval_data, cfg.question_field, cfg.answer_field,
-                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed, reward=cfg.reward,
+                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed, reward=data_kind(cfg.reward),
                                         tests_field=cfg.tests_field)
         bad_rows += bad_eval
         eval_rows = eval_rows[:cfg.eval_limit] if cfg.eval_limit else eval_rows
@@ -170,6 +170,7 @@ def train(cfg: Config) -> str:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         get_stats(reset=True)
+        reward_stats(reset=True)
         m = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "bad_rows": bad_rows}
 
         # 1. rollout + 2. reward: groups of group_n completions per prompt; refill rows draw more
@@ -289,7 +290,7 @@ def train(cfg: Config) -> str:
         done = step + 1
         m.update(step_time=t_end - t_step, rollout_time=t_rollout, update_time=t_end - t_update,
                  tokens_per_s=(sum(lengths) + totals["tokens"] * cfg.updates_per_batch) / max(t_end - t_step, 1e-9),
-                 peak_mem_gb=_peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"])
+                 peak_mem_gb=_peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"], **reward_stats())
         if eval_rows and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
             m.update(evaluate(done))
         log.write(m)
@@ -430,15 +431,10 @@ def _apply_liger(model) -> None:
     logger.info(f"liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
 
 
-def verifier_scores(texts: list[str], rows: list[dict], reward: str) -> list[float]:
-    """One score in [0, 1] per completion text against its data row (rows[i] belongs to texts[i]):
-    reward "math" checks row["answer"] (1.0 / 0.0); "code" runs row["tests"] in the sandbox
-    (fraction passed)."""
-    if reward == "code":
-        # Each call is its own sandboxed subprocess, mostly waiting: threads overlap them; map keeps order.
-        with ThreadPoolExecutor(max_workers=min(8, len(texts)) or 1) as pool:
-            return list(pool.map(code_reward, texts, [r["tests"] for r in rows]))
-    return list(score_batch([r["answer"] for r in rows], texts))
+def verifier_scores(texts: list[str], rows: list[dict], reward) -> list[float]:
+    """One score per completion text against its data row (rows[i] belongs to texts[i]): the weighted sum
+    of the --reward terms (lightrl.rewards.combined)."""
+    return reward_score(reward, texts, rows)
 
 
 def _rewards(comps, rows, tokenizer, cfg, row):
