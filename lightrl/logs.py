@@ -126,8 +126,8 @@ def summary(rows: list[dict], run_dir: str, wall_s: float) -> str:
     """The end-of-run report: first vs last reward, best and final eval accuracy, wall time, outputs."""
     lines = [f"done: {rows[-1]['step'] if rows else 0} steps, wall time {_clock(wall_s)}"]
     if rows:
-        k = max(1, min(10, len(rows) // 5))
-        first, last = rows[:k], rows[-k:]
+        # The demo's reward moves within a few steps, then flattens: a short window at the start.
+        first, last = rows[:max(1, min(3, len(rows) // 2))], rows[-max(1, min(10, len(rows) // 2)):]
         mean = lambda rs: sum(r["reward_mean"] for r in rs) / len(rs)  # noqa: E731
         lines.append(f"  reward_mean {mean(first):.3f} (steps {_span(first)}) -> {mean(last):.3f} "
                      f"(steps {_span(last)})")
@@ -184,7 +184,7 @@ PANELS = [
     ("Clipped tokens", "fraction", ["clip_frac_low", "clip_frac_high"]),
     ("Kept samples", "fraction", ["kept_frac"]),
 ]
-LABELS = {"reward_mean": "reward (mean)", "accuracy": "accuracy (train samples)",
+LABELS = {"reward_mean": "reward", "accuracy": "accuracy (train)",
           "eval_accuracy": "eval accuracy (held out)", "kl_mean": "KL", "entropy": "entropy",
           "completion_len_mean": "mean", "completion_len_max": "max", "clip_frac_low": "clipped low",
           "clip_frac_high": "clipped high", "kept_frac": "kept"}

@@ -190,6 +190,10 @@ def test_embedded_default_run_raises_the_reward(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run_dirs = [os.path.join(tmp_path, "runs", d) for d in os.listdir(os.path.join(tmp_path, "runs"))]
     assert len(run_dirs) == 1 and os.path.abspath(run_dirs[0]) in out.stdout
+    # Piped stdout: a plain line every 10 steps (and step 1), then the summary naming the last checkpoint.
+    assert [line.split(" | ")[0] for line in out.stdout.splitlines() if line.startswith("lightrl: step ")] == \
+        ["lightrl: step 1/80"] + [f"lightrl: step {s}/80" for s in range(10, 81, 10)]
+    assert "lightrl: done: 80 steps" in out.stdout and "checkpoints/step_000080 (the latest)" in out.stdout
     rows = read_metrics(os.path.join(run_dirs[0], "metrics.jsonl"))
     start = sum(r["reward_mean"] for r in rows[:3]) / 3
     end = sum(r["reward_mean"] for r in rows[-10:]) / 10
