@@ -106,6 +106,8 @@ class MetricsLog:
                  f"ETA {_clock(eta)}"]
         if "eval_accuracy" in m:
             parts.insert(3, f"eval acc {m['eval_accuracy']:.3f}")
+        if m.get("reward_errors"):
+            parts.append(f"{m['reward_errors']} reward errors")
         if m.get("skipped"):
             parts.append("update skipped")
         return " | ".join(parts)

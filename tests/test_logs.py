@@ -86,6 +86,7 @@ def test_plain_lines_every_log_every_steps_and_a_summary(tmp_path, capsys):
                             "1,234 tok/s | ")
     assert "elapsed | ETA " in first
     assert "| eval acc 0.550 |" in next(line for line in lines if line.startswith("lightrl: step 5/10"))
+    assert log.progress_line(step_row(3, reward_errors=5, skipped=1)).endswith(" | 5 reward errors | update skipped")
     assert text.splitlines()[1:3] == ["  reward_mean 0.200 (steps 1-3) -> 0.800 (steps 6-10)",
                                       "  eval accuracy: best 0.600 (step 10), final 0.600 (step 10)"]
     assert f"outputs in {tmp_path}: metrics.jsonl, curves.png" in text and "checkpoints/step_000010" in text
