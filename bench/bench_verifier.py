@@ -1,7 +1,7 @@
 """Math verifier benchmark: throughput of lightrl.rewards.math.score_batch on MATH-500-style
 answers, and agreement with math-verify (dev-only comparison, `pip install math-verify`).
 
-Pair sets, the first four built from ../shared/data/math500.jsonl:
+Pair sets, the first four built from the packaged MATH-500 (lightrl/data/math500.jsonl):
   solution    gold vs its own full solution text (last \\boxed{} answer)           -> 1
   rewritten   gold vs the gold retyped (\\frac, no spaces, \\left( \\right), a unit) -> 1
   equivalent  gold vs another correct form (3/2 -> 1.5, 2\\sqrt5 -> \\sqrt{20}, list
@@ -23,11 +23,12 @@ import os
 import re
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 from bench import common
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(str(files("lightrl") / "data"))
 
 # Hand-checked disagreements with math-verify 0.9.0: (gold, predicted answer) -> (who is right, why).
 _INTERVAL_AS_INEQUALITY = ("lightrl", "the inequality describes exactly the gold interval")
@@ -186,7 +187,7 @@ def main(args: argparse.Namespace) -> dict:
 
     path = DATA / "math500.jsonl"
     if not path.exists():
-        sys.exit(f"missing {path}: clone shared/ beside the repository")
+        sys.exit(f"missing {path}: the package's built-in data is incomplete (reinstall lightrl)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][: args.limit]
     sets, expected = build_pairs(rows)
 

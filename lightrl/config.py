@@ -37,8 +37,10 @@ class Config:
                                    "'arithmetic' (the tiny model's task), 'gsm8k', 'math500'")
     question_field: str = _opt("", "field holding the question ('' = first of question/problem/prompt)")
     answer_field: str = _opt("", "field holding the gold answer ('' = first of answer/final_answer/solution)")
-    reward: str = _opt("math", "verifier score: 'math' (answer vs the gold answer) or 'code' (fraction of "
-                               "the row's tests passed in the sandbox; the data rows must carry tests)")
+    reward: tuple = _opt(("math",), "reward term, repeatable: 'math' (answer vs the gold answer), 'code' "
+                                    "(fraction of the row's tests passed in the sandbox; the rows must carry "
+                                    "tests) or 'module:function' (your f(completions, rows) -> list of floats); "
+                                    "NAME=WEIGHT weights a term, e.g. --reward math --reward mypkg:brevity=0.1")
     tests_field: str = _opt("", "reward code: field holding the tests, a JSON list of assert strings or "
                                 "[stdin, stdout] pairs ('' = first of tests/test_cases/test_list)")
     instruction: str = _opt("Please reason step by step, and put your final answer within \\boxed{}.",
@@ -97,11 +99,15 @@ class Config:
                                                "manifest.json (e.g. a checkpoint from an older lightrl)")
     wandb: bool = _opt(False, "also log to Weights & Biases (needs the wandb package)")
     wandb_project: str = _opt("lightrl", "wandb project")
-    progress: bool = _opt(True, "tqdm progress bars")
+    progress: bool = _opt(True, "tqdm progress bars (only when stdout and stderr are terminals)")
+    log_every: int = _opt(10, "without progress bars (--no-progress, or output not a terminal): a log line "
+                              "every N steps")
 
     def __post_init__(self):
         if self.row is None:
             self.row = {}
+        # One term may come as a string (Python, a TOML/YAML file); config.json holds a list.
+        self.reward = (self.reward,) if isinstance(self.reward, str) else tuple(self.reward)
 
     def algo_row(self) -> AlgoRow:
         """The algorithm row with this config's overrides applied (validated)."""
@@ -136,7 +142,7 @@ def validate(cfg: Config) -> AlgoRow:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ValueError(f"--device {cfg.device!r}: expected auto, cpu, cuda or cuda:N")
     positive = ["prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "micro_batch",
-                "eval_k", "keep_checkpoints", "max_bad_steps", "max_prompt_tokens"]
+                "eval_k", "keep_checkpoints", "max_bad_steps", "max_prompt_tokens", "log_every"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
@@ -177,9 +183,8 @@ def validate(cfg: Config) -> AlgoRow:
         raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.backend not in ("auto", "triton", "torch", "reference"):
         raise ValueError(f"--backend must be auto, triton, torch or reference, got {cfg.backend!r}")
-    if cfg.reward not in ("math", "code"):
-        raise ValueError(f"--reward must be math or code, got {cfg.reward!r}")
-    if cfg.reward == "code":
+    from lightrl.rewards.combined import data_kind
+    if data_kind(cfg.reward) == "code":  # also imports --reward module:function, naming what is missing
         for name, or_none in (("data", ""), ("eval_data", ", or --eval-data '' for no evaluation")):
             if getattr(cfg, name) in BUILTIN_DATA:
                 raise ValueError(f"--reward code: --{_flag(name)} {getattr(cfg, name)!r} is a built-in math set "
@@ -261,7 +266,8 @@ def checked(key: str, value, where: str):
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, str)}[kind]
+          str: isinstance(value, str),
+          tuple: isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))}[kind]
     if not ok:
         hint = ""
         if kind is float and isinstance(value, str) and _is_float(value):
@@ -278,7 +284,8 @@ def _is_float(text: str) -> bool:
         return False
 
 
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             tuple: "a string or a list of strings"}
 
 
 def _kind(value) -> str:
@@ -309,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
         if isinstance(f.default, bool):
             p.add_argument("--" + _flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif isinstance(f.default, tuple):
+            p.add_argument("--" + _flag(f.name), action="append", metavar=f.name.upper(), **kw)
         else:
             p.add_argument("--" + _flag(f.name), type=type(f.default), metavar=f.name.upper(), **kw)
     return p

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass
 
@@ -21,7 +20,9 @@ from lightrl import checkpoint
 from lightrl.algos import AlgoRow
 from lightrl.config import MAX_SAMPLES, Config, validate
 from lightrl.data import load_rows
+from lightrl.rewards.combined import data_kind
 from lightrl.errors import UserError
+from lightrl.logs import logger
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -50,7 +51,7 @@ def preflight(cfg: Config) -> Start:
 
 
 def warn(message: str) -> None:
-    print(f"lightrl: warning: {message}", file=sys.stderr)
+    logger.warning(message)
 
 
 def _run_dir(cfg: Config) -> tuple[str, str | None]:
@@ -122,11 +123,11 @@ def _check_metrics(path: str) -> None:
 
 def _data(cfg: Config) -> tuple[list[dict], list[dict], int]:
     rows, bad_rows = load_rows(cfg.data, cfg.question_field, cfg.answer_field, skip_bad_rows=cfg.skip_bad_rows,
-                               seed=cfg.seed, reward=cfg.reward, tests_field=cfg.tests_field)
+                               seed=cfg.seed, reward=data_kind(cfg.reward), tests_field=cfg.tests_field)
     eval_rows = []
     if cfg.eval_data:
         eval_rows, bad_eval = load_rows(cfg.eval_data, cfg.question_field, cfg.answer_field,
-                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed, reward=cfg.reward,
+                                        skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed, reward=data_kind(cfg.reward),
                                         tests_field=cfg.tests_field)
         bad_rows += bad_eval
         eval_rows = eval_rows[:cfg.eval_limit] if cfg.eval_limit else eval_rows

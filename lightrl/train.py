@@ -23,7 +23,6 @@ import math
 import os
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from tqdm.auto import tqdm
@@ -34,15 +33,18 @@ from lightrl.data import PromptSampler, prompt_text
 from lightrl.errors import RunStopped
 from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
-from lightrl.logs import MetricsLog
+from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
-from lightrl.rewards.code import code_reward
-from lightrl.rewards.math import get_stats, score_batch
+from lightrl.rewards.combined import reward_stats
+from lightrl.rewards.combined import score as reward_score
+from lightrl.rewards.math import get_stats
 from lightrl.rewards.rules import format_reward, overlong_penalty
 
 
 def train(cfg: Config, start: Start | None = None) -> str:
     """Run RL as configured; returns the run directory. start: preflight(cfg), when the caller ran it."""
+    started = time.time()
+    progress = show_bars(cfg.progress)
     start = start or preflight(cfg)  # every config and input error surfaces here, before anything is created
     row = start.row
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
@@ -53,7 +55,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if not cfg.progress:
+    if not progress:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
 
@@ -61,12 +63,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
     ckpt, run_dir = start.ckpt, start.run_dir
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.json"))
-    print(f"lightrl: run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
+    logger.info(f"run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
 
     # ---- data ---------------------------------------------------------------------------------
     rows, eval_rows, bad_rows = start.rows, start.eval_rows, start.bad_rows
     if bad_rows:
-        print(f"lightrl: skipped {bad_rows} bad data rows (--skip-bad-rows)")
+        logger.warning(f"skipped {bad_rows} bad data rows (--skip-bad-rows)")
 
     # ---- policy, reference, optimizer -----------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -96,7 +98,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
         sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
         start_step = state["step"]  # bad_in_a_row starts at 0: a resume (often with a new LR) counts afresh
-        print(f"lightrl: resumed from {ckpt} at step {start_step}")
+        logger.info(f"resumed from {ckpt} at step {start_step}")
 
     # ---- rollout engine, logger ---------------------------------------------------------------
     stop_ids = _stop_ids(tokenizer, model)
@@ -110,8 +112,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
             engine.sync_weights(model)
     else:
         from lightrl.rollout import HFEngine
-        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, stop_ids=stop_ids, progress=cfg.progress)
-    log = MetricsLog(run_dir, cfg, resume_step=start_step)
+        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, stop_ids=stop_ids, progress=progress)
+    log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started)
     weight = model.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
     group_n = cfg.group_size * row.sample_factor
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
@@ -143,12 +145,13 @@ def train(cfg: Config, start: Start | None = None) -> str:
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), desc="steps", initial=start_step, total=cfg.steps,
-               disable=not cfg.progress)
+               disable=not progress)
     for step in bar:
         t_step = time.time()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         get_stats(reset=True)
+        reward_stats(reset=True)
         m = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "bad_rows": bad_rows}
 
         # 1. rollout + 2. reward: groups of group_n completions per prompt; refill rows draw more
@@ -239,7 +242,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
                 return out
 
             loss_total, metrics = accumulate_gradients(
-                tqdm(micro, desc="update", leave=False, disable=not cfg.progress), row, totals, loss_of)
+                tqdm(micro, desc="update", leave=False, disable=not progress), row, totals, loss_of)
             if update == 0:  # like the loss: the first update, where the batch is on-policy
                 m.update({LOSS_METRIC_NAMES.get(k, k): v for k, v in metrics.items()})
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
@@ -260,7 +263,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
             engine.sync_weights(model)
         bad_in_a_row = bad_in_a_row + 1 if nonfinite else 0
         if skip_reason is not None:
-            tqdm.write(f"lightrl: step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
+            logger.warning(f"step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
         m["skipped"] = int(skip_reason is not None)
         t_end = time.time()
 
@@ -268,7 +271,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
         done = step + 1
         m.update(step_time=t_end - t_step, rollout_time=t_rollout, update_time=t_end - t_update,
                  tokens_per_s=(sum(lengths) + totals["tokens"] * cfg.updates_per_batch) / max(t_end - t_step, 1e-9),
-                 peak_mem_gb=_peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"])
+                 peak_mem_gb=_peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"], **reward_stats())
         if eval_rows and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
             m.update(evaluate(done))
         log.write(m)
@@ -282,9 +285,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
                      "rng": checkpoint.rng_state()}
             checkpoint.save(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints, finite=not nonfinite)
     bar.close()
-    log.close()
-    print(f"lightrl: done. Outputs in {os.path.abspath(run_dir)}: metrics.jsonl, curves.png, TensorBoard events "
-          f"(tensorboard --logdir {run_dir}), checkpoints/ (latest: {os.path.join(run_dir, 'checkpoints', 'latest')})")
+    log.close()  # draws curves.png and logs the summary
     return run_dir
 
 
@@ -345,7 +346,7 @@ def _load_policy(cfg: Config, run_dir: str, ckpt: str | None, rows: list[dict], 
             tokenizer = tiny.build_tokenizer()
             model = tiny.build_model(tokenizer, seed=cfg.seed).to(device)
             tiny.warm_start(model, tokenizer, rows, steps=cfg.warm_start_steps, lr=cfg.warm_start_lr,
-                            seed=cfg.seed, progress=cfg.progress)
+                            seed=cfg.seed, progress=show_bars(cfg.progress))
             model.save_pretrained(init_path)
             tokenizer.save_pretrained(init_path)
             return tokenizer, model, init_path
@@ -403,23 +404,18 @@ def _apply_liger(model) -> None:
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
     if fn is None:
-        print(f"lightrl: liger-kernel has no kernels for model type {model.config.model_type!r}; running without")
+        logger.info(f"liger-kernel has no kernels for model type {model.config.model_type!r}; running without")
         return
     wanted = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     params = inspect.signature(fn).parameters
     fn(model=model, **{k: v for k, v in wanted.items() if k in params})
-    print(f"lightrl: liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
+    logger.info(f"liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
 
 
-def verifier_scores(texts: list[str], rows: list[dict], reward: str) -> list[float]:
-    """One score in [0, 1] per completion text against its data row (rows[i] belongs to texts[i]):
-    reward "math" checks row["answer"] (1.0 / 0.0); "code" runs row["tests"] in the sandbox
-    (fraction passed)."""
-    if reward == "code":
-        # Each call is its own sandboxed subprocess, mostly waiting: threads overlap them; map keeps order.
-        with ThreadPoolExecutor(max_workers=min(8, len(texts)) or 1) as pool:
-            return list(pool.map(code_reward, texts, [r["tests"] for r in rows]))
-    return list(score_batch([r["answer"] for r in rows], texts))
+def verifier_scores(texts: list[str], rows: list[dict], reward) -> list[float]:
+    """One score per completion text against its data row (rows[i] belongs to texts[i]): the weighted sum
+    of the --reward terms (lightrl.rewards.combined)."""
+    return reward_score(reward, texts, rows)
 
 
 def _rewards(comps, rows, tokenizer, cfg, row):

@@ -182,7 +182,7 @@ def test_every_group_filtered_is_skipped_not_divided_by_zero(warm_model, tmp_pat
     run = train(small(tmp_path, "raft", algo="raft", model=warm_model))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
     assert [r["skipped"] for r in rows] == [1, 1] and all(finite_numbers(r) for r in rows)
-    assert "every group filtered" in capsys.readouterr().out
+    assert "every group filtered" in capsys.readouterr().err
     run = train(small(tmp_path, "dapo", algo="dapo", model=warm_model, max_refills=2))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
     assert [r["refill_rounds"] for r in rows] == [3, 3] and [r["skipped"] for r in rows] == [1, 1]
@@ -196,6 +196,10 @@ def test_embedded_default_run_raises_the_reward(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run_dirs = [os.path.join(tmp_path, "runs", d) for d in os.listdir(os.path.join(tmp_path, "runs"))]
     assert len(run_dirs) == 1 and os.path.abspath(run_dirs[0]) in out.stdout
+    # Piped stdout: a plain line every 10 steps (and step 1), then the summary naming the last checkpoint.
+    assert [line.split(" | ")[0] for line in out.stdout.splitlines() if line.startswith("lightrl: step ")] == \
+        ["lightrl: step 1/80"] + [f"lightrl: step {s}/80" for s in range(10, 81, 10)]
+    assert "lightrl: done: 80 steps" in out.stdout and "checkpoints/step_000080 (the latest)" in out.stdout
     rows = read_metrics(os.path.join(run_dirs[0], "metrics.jsonl"))
     start = sum(r["reward_mean"] for r in rows[:3]) / 3
     end = sum(r["reward_mean"] for r in rows[-10:]) / 10
@@ -214,7 +218,7 @@ def test_mask_truncated_leaves_nothing_to_train_and_says_so(warm_model, tmp_path
     run = train(small(tmp_path, "trunc", model=warm_model, max_new_tokens=2, mask_truncated=True))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
     assert [r["truncated_frac"] for r in rows] == [1.0, 1.0] and [r["skipped"] for r in rows] == [1, 1]
-    assert "no completion token to train on" in capsys.readouterr().out
+    assert "no completion token to train on" in capsys.readouterr().err
     run = train(small(tmp_path, "trunc-kept", model=warm_model, max_new_tokens=2))
     assert [r["skipped"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [0, 0]
 

@@ -111,7 +111,7 @@ def test_config_errors(tmp_path):
     data = code_file(tmp_path)
     with pytest.raises(ValueError, match=r"--eval-data 'arithmetic-test' .* or --eval-data '' for no evaluation"):
         validate(parse_args(["--reward", "code", "--data", data])[0])
-    with pytest.raises(ValueError, match=r"--reward must be math or code, got 'regex'"):
+    with pytest.raises(ValueError, match=r"--reward must be math, code or module:function .*; got 'regex'"):
         validate(parse_args(["--reward", "regex"])[0])
     with pytest.raises(ValueError, match=r"--warm-start-steps 0"):
         validate(parse_args(["--reward", "code", "--data", data, "--eval-data", data])[0])

@@ -1,14 +1,12 @@
 """Config / CLI, data loading and run outputs: fast checks that load no model."""
 import importlib.util
 import json
-import struct
 
 import pytest
 
 from lightrl.algos import ALGOS
 from lightrl.config import Config, build_parser, parse_args, validate
 from lightrl.data import BadRow, PromptSampler, load_rows, prompt_text
-from lightrl.logs import EventWriter, _masked_crc, plot_curves
 from lightrl.run import main
 
 
@@ -131,30 +129,6 @@ def test_sampler_state_restores_the_order():
     b = PromptSampler(7, seed=3)
     b.load_state_dict(a.state_dict())
     assert sorted(first[:7]) == list(range(7)) and a.take(9) == b.take(9)
-
-
-def test_tensorboard_records_and_png(tmp_path):
-    w = EventWriter(str(tmp_path))
-    w.scalar("reward_mean", 0.5, 3)
-    w.close()
-    data = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
-    records, pos = [], 0
-    while pos < len(data):
-        (n,) = struct.unpack("<Q", data[pos:pos + 8])
-        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == _masked_crc(data[pos:pos + 8])
-        body = data[pos + 12:pos + 12 + n]
-        assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == _masked_crc(body)
-        records.append(body)
-        pos += 16 + n
-    assert len(records) == 2 and b"brain.Event:2" in records[0]
-    assert b"reward_mean" in records[1] and struct.pack("<f", 0.5) in records[1] and b"\x10\x03" in records[1]
-    # crc32c check value of "123456789" is 0xE3069283 (masking applied on top)
-    raw = 0xE3069283
-    assert _masked_crc(b"123456789") == ((((raw >> 15) | (raw << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-    png = tmp_path / "c.png"
-    plot_curves([{"step": s, "reward_mean": s / 10, "kl_mean": 0.01 * s} for s in range(1, 11)], str(png))
-    head = png.read_bytes()
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1080, 440)
 
 
 def test_config_round_trips_through_json(tmp_path):
