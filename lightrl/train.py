@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from lightrl import checkpoint
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config, validate
 from lightrl.data import PromptSampler, load_rows, prompt_text
-from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
+from lightrl.kernels import LossScale, fused_policy_loss, group_advantages, linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import MetricsLog
 from lightrl.rewards.code import code_reward
@@ -247,7 +247,7 @@ def train(cfg: Config) -> str:
                 hidden = forward_hidden(model, mb)
                 out = fused_policy_loss(
                     hidden, _w(weight, amp_dtype), mb["targets"], mb.get("old_logp"), mb.get("ref_logp"), mb["adv"],
-                    mb["mask"], mb["seq_index"], row, temperature=cfg.temperature, loss_constant=loss_constant,
+                    mb["mask"], mb["seq_index"], row, temperature=cfg.temperature, scale=LossScale(constant=loss_constant),
                     backend=cfg.backend)
                 if update == 0 and mb is micro[0]:  # entropy estimated on the first micro-batch (no grad)
                     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 
 from lightrl import tiny
 from lightrl.algos import ALGOS
-from lightrl.kernels import fused_policy_loss, linear_logprobs
+from lightrl.kernels import LossScale, fused_policy_loss, linear_logprobs
 from lightrl.train import _micro_batch, _to_batch, accumulate_gradients
 
 TEMPERATURE = 0.7
@@ -68,7 +68,7 @@ def _grads(model, row, micro_batch, setup_, backend):
     def loss_of(mb):
         return fused_policy_loss(_hidden(model, mb), w, mb["targets"], mb.get("old_logp"), mb.get("ref_logp"),
                                  mb["adv"], mb["mask"], mb["seq_index"], row, temperature=TEMPERATURE,
-                                 loss_constant=LOSS_CONSTANT, backend=backend)
+                                 scale=LossScale(constant=LOSS_CONSTANT), backend=backend)
 
     model.zero_grad(set_to_none=True)
     loss, metrics = accumulate_gradients(micro, row, totals, loss_of)
