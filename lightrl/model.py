@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,7 @@ class Policy:
     model: torch.nn.Module
     ref_model: torch.nn.Module | None
     init_path: str
-    encode: object
+    encode: Callable[[str], list[int]]
     stop_ids: list[int]
     amp_dtype: torch.dtype | None
     temperature: float
