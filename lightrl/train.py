@@ -172,15 +172,16 @@ def _load_data(cfg: Config) -> tuple[list[dict], list[dict], int]:
 def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> tuple[StepBatch, dict]:
     """Groups of group_size * sample_factor scored completions for prompts_per_step prompts; refill
     rows draw more prompts, round by round, until that many groups keep a sequence (at most
-    max_refills more rounds). Returns (the step's batch, rollout metrics; rewards over every sample)."""
+    max_refills more rounds). Returns (the step's batch, rollout metrics; rewards over every sample,
+    refills the rounds drawn after the first)."""
     group_n = cfg.group_size * row.sample_factor
-    groups, sampled, rounds, rewards, all_scores = [], 0, 0, [], []
+    groups, sampled, refills, rewards, all_scores = [], 0, 0, [], []
     while True:
         idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
         prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
         comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + rounds)
+                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills)
         scores, shaping = _rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
                                    cfg, row)
         sampled += len(comps)
@@ -195,15 +196,15 @@ def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> 
         _, keep = group_advantages(f32(scores), group_n, row, shaping=f32(shaping), backend=cfg.backend,
                                    lengths=torch.tensor([len(c) for c in comps], device=policy.model.device))
         groups += [grp for grp, k in zip(new, keep.view(-1, group_n).any(1).tolist()) if k]
-        rounds += 1
-        if len(groups) >= cfg.prompts_per_step or rounds > cfg.max_refills:
+        if len(groups) >= cfg.prompts_per_step or refills == cfg.max_refills:
             groups = groups[:cfg.prompts_per_step]
             break
+        refills += 1
     comps = [c for grp in groups for c in grp[1]]
     truncated = [len(c) >= cfg.max_new_tokens and c[-1] not in policy.stop_ids for c in comps]
     batch = StepBatch.build(groups, [not (cfg.mask_truncated and t) for t in truncated], policy.model.device)
     return batch, dict(reward_mean=_mean(rewards), accuracy=_mean(all_scores), samples=sampled,
-                       refill_rounds=rounds, groups=len(groups), completion_len_mean=_mean(batch.comp_lens),
+                       refills=refills, groups=len(groups), completion_len_mean=_mean(batch.comp_lens),
                        completion_len_max=max(batch.comp_lens, default=0), truncated_frac=_mean(truncated),
                        empty_frac=_mean([all(t in policy.stop_ids for t in c) for c in comps]))
 

@@ -176,7 +176,7 @@ def test_every_group_filtered_is_skipped_not_divided_by_zero(warm_model, tmp_pat
     assert "every group filtered" in capsys.readouterr().out
     run = train(small(tmp_path, "dapo", algo="dapo", model=warm_model, max_refills=2))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
-    assert [r["refill_rounds"] for r in rows] == [3, 3] and [r["skipped"] for r in rows] == [1, 1]
+    assert [r["refills"] for r in rows] == [2, 2] and [r["skipped"] for r in rows] == [1, 1]
 
 
 @pytest.mark.slow
