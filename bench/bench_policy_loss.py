@@ -55,7 +55,7 @@ def _liger_loss_type(row):
 
 def _make_step(name, x):
     """A closure running one forward + backward of candidate `name` on fresh leaf tensors."""
-    from lightrl.kernels import fused_policy_loss
+    from lightrl.kernels import LossScale, fused_policy_loss
     from lightrl.kernels import logprobs_torch, policy_loss_torch
     from lightrl.kernels.policy_loss import policy_impl
 
@@ -76,7 +76,7 @@ def _make_step(name, x):
         def step():
             clear()
             loss, _ = fused_policy_loss(hidden, weight, x["targets"], x["old"], x["ref"], x["adv"], x["mask"],
-                                        x["seq"], row, loss_constant=t)
+                                        x["seq"], row, scale=LossScale(constant=t))
             loss.backward()
         return step
     if name == "lightrl_torch":
@@ -86,7 +86,7 @@ def _make_step(name, x):
         def step():
             clear()
             loss, _ = fused_policy_loss(hidden, weight, x["targets"], x["old"], x["ref"], x["adv"], x["mask"],
-                                        x["seq"], row, loss_constant=t, backend="torch")
+                                        x["seq"], row, scale=LossScale(constant=t), backend="torch")
             loss.backward()
         return step
     if name == "lightrl_4gemm":

@@ -15,7 +15,7 @@ import torch
 from lightrl.kernels import fused_policy_loss_torch, logprobs_torch, policy_loss_torch
 from lightrl.kernels.backend import resolve_backend
 from lightrl.kernels.logprobs import check_logprob_inputs, logprob_impl
-from lightrl.kernels.policy_loss import check_inputs, policy_impl
+from lightrl.kernels.policy_loss import LossScale, apply_scale, check_inputs, policy_impl
 
 
 class _FusedPolicyLoss(torch.autograd.Function):
@@ -70,33 +70,36 @@ class _FusedTokenLevelTorch(torch.autograd.Function):
 
 
 def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, mask, seq_index, row, *,
-                      temperature=1.0, loss_constant=None, backend="auto"):
+                      temperature=1.0, scale=None, backend="auto"):
     """policy_loss of ``row`` with log-probs of targets under softmax(hidden @ weight.T / temperature).
 
     hidden [N, D], weight [V, D] (same dtype: fp32, bf16 or fp16), targets [N] int64
     (-100 = no target: logp 0, no gradient); old_logp, ref_logp, advantages, mask,
-    seq_index and loss_constant as in lightrl.kernels.policy_loss (entropy is computed
+    seq_index and scale as in lightrl.kernels.policy_loss (entropy is computed
     here when row.entropy_coef != 0; entropy_mean is 0 otherwise).
     Returns (loss 0-d f32, metrics dict); differentiable w.r.t. hidden and weight.
     backend: "auto" | "triton" | "torch" | "reference" (materialises the logits).
     """
     check_logprob_inputs(hidden, weight, targets, temperature)
     n = hidden.shape[0]
+    scale = scale or LossScale()
     num_seqs, adv_tok, old_logp, ref_logp = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row,
-                                                         None, loss_constant, entropy_from_caller=False)
-    temperature = float(temperature)
+                                                         None, scale, entropy_from_caller=False)
+    temperature, loss_constant = float(temperature), scale.constant
     name = resolve_backend(backend, hidden.device)
     if name == "reference":
         want_entropy = row.entropy_coef != 0
         out = logprobs_torch.reference_linear_logprobs(hidden, weight, targets, temperature, want_entropy)
         logp, entropy = out if want_entropy else (out, None)
-        return policy_loss_torch.reference_policy_loss(
+        loss, metrics = policy_loss_torch.reference_policy_loss(
             logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant)
-    if name == "torch" and row.ratio != "sequence":
-        loss, parts = _FusedTokenLevelTorch.apply(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask,
-                                                  seq_index, num_seqs, row, temperature, loss_constant)
     else:
-        loss, parts = _FusedPolicyLoss.apply(logprob_impl(name), policy_impl(name), hidden, weight, targets,
-                                             old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
-                                             temperature, loss_constant)
-    return loss, policy_loss_torch.finish_metrics(parts)
+        if name == "torch" and row.ratio != "sequence":
+            loss, parts = _FusedTokenLevelTorch.apply(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask,
+                                                      seq_index, num_seqs, row, temperature, loss_constant)
+        else:
+            loss, parts = _FusedPolicyLoss.apply(logprob_impl(name), policy_impl(name), hidden, weight, targets,
+                                                 old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
+                                                 temperature, loss_constant)
+        metrics = policy_loss_torch.finish_metrics(parts)
+    return apply_scale(loss, mask, seq_index, num_seqs, row, scale), metrics

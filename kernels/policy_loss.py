@@ -3,6 +3,8 @@
 The math (ratios, clips, KL estimators and their clamps, aggregation weights) is
 written out in policy_loss_torch.py's docstring; every backend computes the same.
 """
+from dataclasses import dataclass
+
 import torch
 
 from lightrl.kernels import policy_loss_torch
@@ -15,6 +17,58 @@ def policy_impl(name):
         from lightrl.kernels import policy_loss_triton  # imported late: only where Triton can run
         return policy_loss_triton
     return policy_loss_torch
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """The denominators of a loss call; a field left None is the call's own (the default).
+
+    tokens: mask tokens T (token_mean); seqs: sequences with a mask token S' (every
+    per-sequence aggregate); constant: token_sum_norm's C (None: the call's longest
+    sequence under the mask). Given the whole batch's counts (over its micro-batches, and
+    later over ranks), a call returns its share of the whole batch's loss: the shares and
+    their gradients sum to the whole batch's. Metrics stay means over the call's own mask
+    tokens; merge_metrics combines them.
+    """
+    tokens: int | None = None
+    seqs: int | None = None
+    constant: float | None = None
+
+
+def apply_scale(loss, mask, seq_index, num_seqs: int, row, scale: LossScale):
+    """loss (aggregated over the call's own tokens) times the call's part of scale's denominator.
+
+    The part is own mask tokens / scale.tokens for token_mean, own sequences with a mask token /
+    scale.seqs for every per-sequence aggregate (a fixed scale.constant is the same in every
+    call); None in that field: the call's own, loss unchanged."""
+    whole = scale.tokens if row.aggregate == "token_mean" else scale.seqs
+    if whole is None:
+        return loss
+    if row.aggregate == "token_mean":
+        own = int(mask.sum())
+    else:
+        per_seq = torch.zeros(num_seqs, device=mask.device).index_add_(0, seq_index, mask.float())
+        own = int((per_seq > 0).sum())
+    return loss * (own / max(whole, 1))
+
+
+# Step-log names of the metrics whose plain names a trainer uses for its own quantities
+# (kept_frac: sequences the filter kept; entropy: of the policy on a micro-batch).
+STEP_NAMES = {"kept_frac": "nonzero_adv_token_frac", "entropy_mean": "entropy_loss_term"}
+
+
+def merge_metrics(calls) -> dict[str, float]:
+    """The metrics of several calls over disjoint tokens (micro-batches) as one call's.
+
+    calls: (metrics of a call, its mask tokens) pairs. Returns floats: mask-token-weighted
+    means, ratio_max the max; kept_frac and entropy_mean renamed as in STEP_NAMES.
+    """
+    tokens = max(sum(t for _, t in calls), 1)
+    names = [k for k in (calls[0][0] if calls else {}) if k != "ratio_max"]
+    out = {STEP_NAMES.get(k, k): sum(m[k].item() * t for m, t in calls) / tokens for k in names}
+    if calls:
+        out["ratio_max"] = max(m["ratio_max"].item() for m, _ in calls)
+    return out
 
 
 class _PolicyLoss(torch.autograd.Function):
@@ -37,7 +91,7 @@ class _PolicyLoss(torch.autograd.Function):
         return None, grad_logp * grad_loss, g_ent, None, None, None, None, None, None, None, None
 
 
-def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy, loss_constant,
+def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entropy, scale,
                  entropy_from_caller=True):
     """Validate shapes / dtypes / row needs and detach the inputs that get no gradient.
 
@@ -71,15 +125,15 @@ def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entrop
                          "or override kl_coef=0")
     if row.entropy_coef != 0 and entropy is None and entropy_from_caller:
         raise ValueError(f"row has entropy_coef={row.entropy_coef}: pass entropy [N]")
-    if loss_constant is not None and not loss_constant > 0:
-        raise ValueError(f"loss_constant must be > 0 (the max completion length), got {loss_constant}")
+    if scale.constant is not None and not scale.constant > 0:
+        raise ValueError(f"LossScale.constant must be > 0 (the max completion length), got {scale.constant}")
     adv_tok = (advantages if per_token else advantages[seq_index]).detach()
     old_logp = None if (row.ratio == "none" or old_logp is None) else old_logp.detach()
     ref_logp = None if ref_logp is None else ref_logp.detach()
     return num_seqs, adv_tok, old_logp, ref_logp
 
 
-def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, entropy=None, loss_constant=None,
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, entropy=None, scale=None,
                 backend="auto"):
     """Scalar loss of ``row`` (lightrl.algos.AlgoRow) and its metrics.
 
@@ -87,8 +141,8 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, e
     gradient), ref_logp [N] or None (needed when the row has KL in the loss), advantages
     [S] per sequence or [N] per token, mask [N] bool (tokens that count), seq_index [N]
     int64 non-decreasing (sequence of each token), entropy [N] (differentiable; needed
-    when row.entropy_coef != 0), loss_constant: Dr.GRPO's normalizer for
-    aggregate="token_sum_norm" (default: the longest sequence under the mask).
+    when row.entropy_coef != 0), scale: a LossScale (default: this call's own denominators;
+    the whole batch's make the loss this call's share of it).
     Returns (loss 0-d f32, metrics): 0-d f32 tensors, means over mask tokens (0 without any):
       clip_frac_low / clip_frac_high: tokens whose coefficient the clip changed: ppo:
         r < 1-eps_low with A < 0 / r > 1+eps_high with A > 0; cispo: r out of range with A != 0;
@@ -98,12 +152,15 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, e
     n = logp.shape[0]
     if logp.dim() != 1:
         raise ValueError(f"logp must be [N], got {tuple(logp.shape)}")
+    scale = scale or LossScale()
     num_seqs, adv_tok, old_logp, ref_logp = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row,
-                                                         entropy, loss_constant)
+                                                         entropy, scale)
     name = resolve_backend(backend, logp.device)
     if name == "reference":
-        return policy_loss_torch.reference_policy_loss(
-            logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant)
-    loss, parts = _PolicyLoss.apply(policy_impl(name), logp, entropy, old_logp, ref_logp, adv_tok, mask,
-                                    seq_index, num_seqs, row, loss_constant)
-    return loss, policy_loss_torch.finish_metrics(parts)
+        loss, metrics = policy_loss_torch.reference_policy_loss(
+            logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, scale.constant)
+    else:
+        loss, parts = _PolicyLoss.apply(policy_impl(name), logp, entropy, old_logp, ref_logp, adv_tok, mask,
+                                        seq_index, num_seqs, row, scale.constant)
+        metrics = policy_loss_torch.finish_metrics(parts)
+    return apply_scale(loss, mask, seq_index, num_seqs, row, scale), metrics

@@ -1,7 +1,6 @@
 """The training loop, read top to bottom: rollout -> reward -> advantage -> update -> log / eval / checkpoint.
 
-`train(cfg)` is the whole trainer. It never looks at an algorithm's name, only at the
-fields of its row (lightrl.algos.AlgoRow):
+`train(cfg)` never looks at an algorithm's name, only at the fields of its row (lightrl.algos.AlgoRow):
   sample_factor / refill       how many completions to draw and whether to draw more prompts
                                until enough groups survive the filter (DAPO dynamic sampling);
   keep / baseline / scale      group_advantages turns rewards into per-sequence advantages and
@@ -12,27 +11,25 @@ fields of its row (lightrl.algos.AlgoRow):
   kl_coef (needs_ref)          a frozen reference copy gives reference log-probs; kl_in_reward
                                moves the KL into the reward before advantages;
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
-Only completion tokens go through the loss: the decoder's final hidden states at
-completion positions and the lm_head weight go straight into fused_policy_loss, which
-never builds [tokens x vocab] logits.
+A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
+tokens reach fused_policy_loss (hidden states and the lm_head weight, never [tokens x vocab]
+logits); given the batch's denominators, each micro-batch's loss is its share of the batch's.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
-import resource
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from lightrl import checkpoint
+from lightrl import checkpoint, model
+from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
-from lightrl.data import PromptSampler, prompt_text
+from lightrl.data import PromptSampler
 from lightrl.errors import RunStopped
-from lightrl.kernels import fused_policy_loss, group_advantages, linear_logprobs
-from lightrl.kernels.policy_loss_torch import kl_terms
+from lightrl.kernels import fused_policy_loss, group_advantages, merge_metrics
 from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
 from lightrl.rewards.combined import reward_stats
@@ -43,53 +40,23 @@ from lightrl.rewards.rules import format_reward, overlong_penalty
 
 def train(cfg: Config, start: Start | None = None) -> str:
     """Run RL as configured; returns the run directory. start: preflight(cfg), when the caller ran it."""
-    started = time.time()
-    progress = show_bars(cfg.progress)
+    started, progress = time.time(), show_bars(cfg.progress)
     start = start or preflight(cfg)  # every config and input error surfaces here, before anything is created
-    row = start.row
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    engine_name = cfg.engine
-    if engine_name == "auto":
-        engine_name = "vllm" if device.type == "cuda" and _has_vllm() else "hf"
-    amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "float32": None,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if not progress:
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-
-    # ---- run directory (new, or the one being resumed) -------------------------------------
-    ckpt, run_dir = start.ckpt, start.run_dir
+    row, ckpt, run_dir = start.row, start.ckpt, start.run_dir
+    data_rows, eval_data_rows, bad_rows = start.rows, start.eval_rows, start.bad_rows
+    device, engine_name, amp_dtype = model.setup(cfg)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.json"))
     logger.info(f"run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
-
-    # ---- data ---------------------------------------------------------------------------------
-    rows, eval_rows, bad_rows = start.rows, start.eval_rows, start.bad_rows
     if bad_rows:
         logger.warning(f"skipped {bad_rows} bad data rows (--skip-bad-rows)")
 
-    # ---- policy, reference, optimizer -----------------------------------------------------------
+    # ---- policy, reference, optimizer, rollout engine, logger ---------------------------------
     torch.manual_seed(cfg.seed)
-    tokenizer, model, init_path = _load_policy(cfg, run_dir, ckpt, rows, device)
-    check_plain_lm_head(model, cfg.model)
-    instruction = "" if cfg.model == "tiny" else cfg.instruction
-    encode = _prompt_encoder(tokenizer, instruction, cfg.max_prompt_tokens)
-    if device.type == "cuda" and cfg.liger:
-        _apply_liger(model)
-    model.train()  # from_pretrained returns eval mode; gradient checkpointing only acts in train mode
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ref_model = None
-    if row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
-        ref_model = _from_pretrained(init_path, device) if ckpt else copy.deepcopy(model)
-        ref_model.requires_grad_(False).eval()
-        if amp_dtype is not None:  # only ever run under autocast: half-precision storage is enough
-            ref_model.to(amp_dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    policy = model.load(cfg, row, run_dir, ckpt, data_rows, device, amp_dtype)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
-    sampler = PromptSampler(len(rows), cfg.seed)
+    sampler = PromptSampler(len(data_rows), cfg.seed)
     start_step, bad_in_a_row = 0, 0
     if ckpt:
         state = checkpoint.load_state(ckpt)
@@ -99,168 +66,57 @@ def train(cfg: Config, start: Start | None = None) -> str:
         checkpoint.set_rng_state(state["rng"])
         start_step = state["step"]  # bad_in_a_row starts at 0: a resume (often with a new LR) counts afresh
         logger.info(f"resumed from {ckpt} at step {start_step}")
-
-    # ---- rollout engine, logger ---------------------------------------------------------------
-    stop_ids = _stop_ids(tokenizer, model)
-    if engine_name == "vllm":
-        from lightrl.rollout import VLLMEngine
-        engine = VLLMEngine(init_path, tokenizer, stop_ids=stop_ids,
-                            dtype="bfloat16" if amp_dtype is not None else "float32",
-                            gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, sleep=cfg.vllm_sleep,
-                            max_model_len=cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.eval_max_new_tokens))
-        if ckpt:
-            engine.sync_weights(model)
-    else:
-        from lightrl.rollout import HFEngine
-        engine = HFEngine(model, tokenizer, batch_size=cfg.micro_batch, stop_ids=stop_ids, progress=progress)
+    engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None)
     log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started)
-    weight = model.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
-    group_n = cfg.group_size * row.sample_factor
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
-    # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
-    # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
-    use_old_logp = row.needs_old_logp and cfg.updates_per_batch > 1
-
-    def forward_hidden(net, batch):
-        """Final (post-norm) hidden states [N, D] at the positions that predict completion tokens."""
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = net.get_decoder()(input_ids=batch["ids"], attention_mask=batch["attn"], use_cache=False)
-        hidden = out.last_hidden_state[batch["rows"], batch["cols"]]
-        return hidden if amp_dtype is None else hidden.to(amp_dtype)  # the final norm may return fp32
-
-    def token_logprobs(net, batch):
-        """Log-probs [N] f32 of the batch's completion tokens under net (policy or reference)."""
-        return linear_logprobs(forward_hidden(net, batch), _w(net.get_output_embeddings().weight, amp_dtype),
-                               batch["targets"], temperature=cfg.temperature, backend=cfg.backend)
-
-    def evaluate(step: int) -> dict:
-        """avg@k accuracy on the held-out rows."""
-        t0 = time.time()
-        comps = engine.generate([encode(r["question"]) for r in eval_rows], cfg.eval_k,
-                                temperature=cfg.eval_temperature, top_p=1.0, seed=cfg.seed + 7919 * (step + 1),
-                                max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, desc="eval")
-        texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
-        scores = verifier_scores(texts, [r for r in eval_rows for _ in range(cfg.eval_k)], cfg.reward)
-        return {"eval_accuracy": sum(scores) / len(scores), "eval_time": time.time() - t0}
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), desc="steps", initial=start_step, total=cfg.steps,
                disable=not progress)
     for step in bar:
         t_step = time.time()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        model.reset_peak_memory(device)
         get_stats(reset=True)
         reward_stats(reset=True)
         m = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "bad_rows": bad_rows}
 
-        # 1. rollout + 2. reward: groups of group_n completions per prompt; refill rows draw more
-        #    prompts until enough groups keep at least one sample.
-        groups, sampled, rounds, all_rewards, all_scores = [], 0, 0, [], []
-        while True:
-            idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
-            prompts = [encode(rows[i]["question"]) for i in idx]
-            comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens,
-                                    seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + rounds)
-            scores, shaping = _rewards(comps, [rows[i] for i in idx for _ in range(group_n)], tokenizer, cfg, row)
-            sampled += len(comps)
-            all_rewards += [s + x for s, x in zip(scores, shaping)]
-            all_scores += scores
-            cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
-            new = [{"prompt": prompts[g], "comps": cut(comps, g), "scores": cut(scores, g),
-                    "shaping": cut(shaping, g)} for g in range(len(idx))]
-            if not row.refill:
-                groups = new
-                break
-            _, keep = _advantages(scores, shaping, [len(c) for c in comps], group_n, row, device, cfg.backend)
-            groups += [grp for g, grp in enumerate(new) if keep[g * group_n:(g + 1) * group_n].any()]
-            rounds += 1
-            if len(groups) >= cfg.prompts_per_step or rounds > cfg.max_refills:
-                groups = groups[:cfg.prompts_per_step]
-                break
+        # 1. rollout + 2. reward
+        batch, rollout_metrics = rollout(engine, policy, sampler, data_rows, step, cfg, row)
+        m.update(rollout_metrics)
         t_rollout = time.time() - t_step
-        flat_comps = _flat(groups, "comps")
-        lengths = [len(c) for c in flat_comps]
-        truncated = [len(c) >= cfg.max_new_tokens and c[-1] not in stop_ids for c in flat_comps]
-        m.update(reward_mean=_mean(all_rewards), accuracy=_mean(all_scores), samples=sampled, refill_rounds=rounds,
-                 groups=len(groups), completion_len_mean=_mean(lengths), completion_len_max=max(lengths, default=0),
-                 truncated_frac=_mean(truncated), empty_frac=_mean([all(t in stop_ids for t in c) for c in flat_comps]))
 
         # 3. advantages over the final batch; only kept sequences go on to the update.
-        batch = _to_batch(groups, truncated, cfg.mask_truncated)
-        scores_t = torch.tensor(_flat(groups, "scores"), dtype=torch.float32)
-        shaping_t = torch.tensor(_flat(groups, "shaping"), dtype=torch.float32)
-        skip_reason, nonfinite = None, not bool(torch.isfinite(scores_t + shaping_t).all())
-        if nonfinite:
-            skip_reason = "non-finite reward"
-        reward_kl_mean = None
+        nonfinite = not bool(torch.isfinite(batch.scores + batch.shaping).all())
+        skip_reason = "non-finite reward" if nonfinite else None
+        shaping, reward_kl_mean = batch.shaping, None
         if row.kl_in_reward and skip_reason is None:
-            kl = _sequence_kl(model, ref_model, batch, token_logprobs, cfg.micro_batch, row.kl_estimator, device)
-            shaping_t = shaping_t - row.kl_coef * kl
+            kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
+            shaping = shaping - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
-            reward_kl_mean = kl.sum().item() / max(sum(len(s["comp"]) for s in batch if s["counts"]), 1)
-        adv, keep = _advantages(scores_t, shaping_t, lengths, group_n, row, device, cfg.backend) if groups \
-            else (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
-        m["kept_frac"] = keep.float().mean().item() if keep.numel() else 0.0
-        if skip_reason is None and not keep.any():
+            reward_kl_mean = kl.sum().item() / max(int(batch.mask.sum()), 1)
+        batch.advantages, batch.keep = group_advantages(batch.scores, batch.group, row, lengths=batch.lengths,
+                                                        shaping=shaping, backend=cfg.backend)
+        m["kept_frac"] = batch.keep.float().mean().item() if batch.num_seqs else 0.0
+        if skip_reason is None and not batch.keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
-        seqs = [i for i in range(len(keep)) if keep[i]]
-        if skip_reason is None and not any(batch[i]["counts"] and batch[i]["comp"] for i in seqs):
+        kept = batch.select(batch.keep)
+        scale = kept.loss_scale(loss_constant)
+        if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
-        micro = [_micro_batch(batch, seqs[i:i + cfg.micro_batch], device) for i in range(0, len(seqs), cfg.micro_batch)]
-        for mb in micro:
-            mb["adv"] = adv[mb["seq_ids"]].to(device)
 
-        # 4. update: old / reference log-probs without gradient, then updates_per_batch optimizer steps.
+        # 4. update
         t_update = time.time()
         engine.sleep()
-        totals = {"tokens": sum(int(mb["mask"].sum()) for mb in micro),
-                  "seqs": sum(int(mb["nonempty"]) for mb in micro)}
-        with torch.no_grad():
-            for mb in micro:
-                if use_old_logp:
-                    mb["old_logp"] = token_logprobs(model, mb)
-                if row.kl_in_loss:
-                    mb["ref_logp"] = token_logprobs(ref_model, mb)
         stepped = False
-        for update in range(cfg.updates_per_batch if skip_reason is None else 0):
-            optimizer.zero_grad(set_to_none=True)
-
-            def loss_of(mb):
-                hidden = forward_hidden(model, mb)
-                out = fused_policy_loss(
-                    hidden, _w(weight, amp_dtype), mb["targets"], mb.get("old_logp"), mb.get("ref_logp"), mb["adv"],
-                    mb["mask"], mb["seq_index"], row, temperature=cfg.temperature, loss_constant=loss_constant,
-                    backend=cfg.backend)
-                if update == 0 and mb is micro[0]:  # entropy estimated on the first micro-batch (no grad)
-                    with torch.no_grad():
-                        _, ent = linear_logprobs(hidden.detach(), _w(weight, amp_dtype).detach(), mb["targets"],
-                                                 temperature=cfg.temperature, return_entropy=True,
-                                                 backend=cfg.backend)
-                        m["entropy"] = (ent[mb["mask"]].mean().item() if mb["mask"].any() else 0.0)
-                return out
-
-            loss_total, metrics = accumulate_gradients(
-                tqdm(micro, desc="update", leave=False, disable=not progress), row, totals, loss_of)
-            if update == 0:  # like the loss: the first update, where the batch is on-policy
-                m.update({LOSS_METRIC_NAMES.get(k, k): v for k, v in metrics.items()})
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
-                                                       else float("inf"))
-            if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
-                nonfinite = True
-                skip_reason = f"non-finite loss ({loss_total}) or gradient norm ({grad_norm.item()})"
-                optimizer.zero_grad(set_to_none=True)  # weights and optimizer state stay untouched
-                break
-            optimizer.step()
-            stepped = True
-            if update == 0:
-                m.update(loss=loss_total, grad_norm=grad_norm.item())
+        if skip_reason is None:
+            update_metrics, stepped, skip_reason = update_policy(policy, optimizer, kept, scale, cfg, row)
+            m.update(update_metrics)
+            nonfinite = skip_reason is not None
         if reward_kl_mean is not None:
             m["kl_mean"] = reward_kl_mean
         if stepped:
             scheduler.step()
-            engine.sync_weights(model)
+            engine.sync_weights(policy.model)
         bad_in_a_row = bad_in_a_row + 1 if nonfinite else 0
         if skip_reason is not None:
             logger.warning(f"step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
@@ -270,161 +126,81 @@ def train(cfg: Config, start: Start | None = None) -> str:
         # 5. log, evaluate, checkpoint.
         done = step + 1
         m.update(step_time=t_end - t_step, rollout_time=t_rollout, update_time=t_end - t_update,
-                 tokens_per_s=(sum(lengths) + totals["tokens"] * cfg.updates_per_batch) / max(t_end - t_step, 1e-9),
-                 peak_mem_gb=_peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"], **reward_stats())
-        if eval_rows and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            m.update(evaluate(done))
+                 tokens_per_s=(sum(batch.comp_lens) + scale.tokens * cfg.updates_per_batch) / max(t_end - t_step, 1e-9),
+                 peak_mem_gb=model.peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"],
+                 **reward_stats())
+        if eval_data_rows and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            m.update(evaluate(engine, policy, eval_data_rows, done, cfg))
         log.write(m)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.3f}")
         if bad_in_a_row >= cfg.max_bad_steps:
             raise RunStopped(f"stopping: {bad_in_a_row} consecutive steps had non-finite rewards or losses "
-                             f"(last: {skip_reason}); the last good checkpoint is in {run_dir}/checkpoints")
+                               f"(last: {skip_reason}); the last good checkpoint is in {run_dir}/checkpoints")
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
             state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
-            checkpoint.save(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints, finite=not nonfinite)
+            checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
+                            finite=not nonfinite)
     bar.close()
     log.close()  # draws curves.png and logs the summary
     return run_dir
 
 
-# ---- helpers (in the order the loop uses them) ---------------------------------------------------
-
-# fused_policy_loss's metrics, renamed where the loop logs a different quantity under the same name.
-LOSS_METRIC_NAMES = {"kept_frac": "nonzero_adv_token_frac", "entropy_mean": "entropy_loss_term"}
-
-
-def accumulate_gradients(micro, row, totals: dict, loss_of) -> tuple[float, dict]:
-    """Backward of the whole batch's loss, one micro-batch at a time.
-
-    micro: micro-batches from _micro_batch (each with "mask" [N] bool and "nonempty", its count of
-    sequences with a mask token); totals: {"tokens", "seqs"} of the same over the whole batch;
-    loss_of(mb) -> fused_policy_loss(...) on mb alone. fused_policy_loss aggregates within its
-    micro-batch, so each loss is scaled by that micro-batch's share of the batch's denominator: its
-    mask tokens for token_mean, its non-empty sequences for every per-sequence aggregate (their
-    denominators are S' or S' * loss_constant, and a constant loss_constant is the same in every
-    micro-batch). The gradients then sum to the whole batch's.
-    Returns (loss float, metrics: floats, token-weighted means over micro-batches; ratio_max the max).
-    """
-    loss_total, sums, ratio_max = 0.0, {}, 0.0
-    for mb in micro:
-        loss, metrics = loss_of(mb)
-        tokens = int(mb["mask"].sum())
-        share = (tokens / max(totals["tokens"], 1) if row.aggregate == "token_mean"
-                 else int(mb["nonempty"]) / max(totals["seqs"], 1))
-        (loss * share).backward()
-        loss_total += loss.item() * share
-        for k, v in metrics.items():
-            if k == "ratio_max":
-                ratio_max = max(ratio_max, v.item())
-            else:
-                sums[k] = sums.get(k, 0.0) + v.item() * tokens
-    out = {k: v / max(totals["tokens"], 1) for k, v in sums.items()}
-    if sums:
-        out["ratio_max"] = ratio_max
-    return loss_total, out
-
-
-def _has_vllm() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("vllm") is not None
+def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> tuple[StepBatch, dict]:
+    """Groups of group_size * sample_factor scored completions for prompts_per_step prompts; refill
+    rows draw more prompts, round by round, until that many groups keep a sequence (at most
+    max_refills more rounds). Returns (the step's batch, rollout metrics; rewards over every sample,
+    refills the rounds drawn after the first)."""
+    group_n = cfg.group_size * row.sample_factor
+    groups, sampled, refills, rewards, all_scores = [], 0, 0, [], []
+    while True:
+        idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
+        prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
+        comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens,
+                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills)
+        scores, shaping = _rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
+                                   cfg, row)
+        sampled += len(comps)
+        rewards += [s + x for s, x in zip(scores, shaping)]
+        all_scores += scores
+        cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
+        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) for g in range(len(idx))]
+        if not row.refill:
+            groups = new
+            break
+        f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=policy.model.device)  # noqa: E731
+        _, keep = group_advantages(f32(scores), group_n, row, shaping=f32(shaping), backend=cfg.backend,
+                                   lengths=torch.tensor([len(c) for c in comps], device=policy.model.device))
+        groups += [grp for grp, k in zip(new, keep.view(-1, group_n).any(1).tolist()) if k]
+        if len(groups) >= cfg.prompts_per_step or refills == cfg.max_refills:
+            groups = groups[:cfg.prompts_per_step]
+            break
+        refills += 1
+    comps = [c for grp in groups for c in grp[1]]
+    truncated = [len(c) >= cfg.max_new_tokens and c[-1] not in policy.stop_ids for c in comps]
+    batch = StepBatch.build(groups, [not (cfg.mask_truncated and t) for t in truncated], policy.model.device)
+    return batch, dict(reward_mean=_mean(rewards), accuracy=_mean(all_scores), samples=sampled,
+                       refills=refills, groups=len(groups), completion_len_mean=_mean(batch.comp_lens),
+                       completion_len_max=max(batch.comp_lens, default=0), truncated_frac=_mean(truncated),
+                       empty_frac=_mean([all(t in policy.stop_ids for t in c) for c in comps]))
 
 
-def _from_pretrained(path: str, device):
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+def verifier_scores(texts: list[str], data_rows: list[dict], reward) -> list[float]:
+    """One score per completion text against its data row (data_rows[i] belongs to texts[i]): the weighted
+    sum of the --reward terms (lightrl.rewards.combined; "math" is 1.0 / 0.0, "code" the fraction of tests
+    passed)."""
+    return reward_score(reward, texts, data_rows)
 
 
-def _load_policy(cfg: Config, run_dir: str, ckpt: str | None, rows: list[dict], device):
-    """(tokenizer, model in fp32 on device, path of the starting weights for the reference / vLLM)."""
-    from transformers import AutoTokenizer
-    if cfg.model == "tiny":
-        from lightrl import tiny
-        init_path = os.path.join(run_dir, "warm_start")
-        if ckpt is None:  # build, warm-start and save the starting policy once per run
-            tokenizer = tiny.build_tokenizer()
-            model = tiny.build_model(tokenizer, seed=cfg.seed).to(device)
-            tiny.warm_start(model, tokenizer, rows, steps=cfg.warm_start_steps, lr=cfg.warm_start_lr,
-                            seed=cfg.seed, progress=show_bars(cfg.progress))
-            model.save_pretrained(init_path)
-            tokenizer.save_pretrained(init_path)
-            return tokenizer, model, init_path
-    else:
-        init_path = cfg.model
-    source = ckpt or init_path
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer, _from_pretrained(source, device), init_path
-
-
-def check_plain_lm_head(model, name: str) -> None:
-    """The loss computes logits as hidden @ lm_head.weight.T / temperature: refuse models whose logits
-    are more than that (an lm_head bias, Gemma-2's soft-capping, Cohere's / Granite's logit scaling),
-    since their log-probs, ratios and gradients would silently be wrong."""
-    problems = []
-    if getattr(model.get_output_embeddings(), "bias", None) is not None:
-        problems.append("its lm_head has a bias")
-    text_cfg = model.config.get_text_config()
-    if getattr(text_cfg, "final_logit_softcapping", None):
-        problems.append(f"final_logit_softcapping={text_cfg.final_logit_softcapping}")
-    for attr in ("logit_scale", "logits_scaling"):
-        value = getattr(text_cfg, attr, None)
-        if value is not None and value != 1:
-            problems.append(f"{attr}={value}")
-    if problems:
-        raise ValueError(f"--model {name}: {', '.join(problems)}; lightrl's fused loss takes logits as "
-                         "hidden @ lm_head.weight.T only, so its log-probs would be wrong for this model "
-                         "(Llama, Qwen2/2.5/3 and Mistral-style heads are fine)")
-
-
-def _stop_ids(tokenizer, model) -> list[int]:
-    """Tokens that end a completion: the tokenizer's EOS and the model's generation EOS ids (chat models
-    end a turn with their own token, e.g. <|im_end|>)."""
-    ids = [tokenizer.eos_token_id]
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += gen_eos if isinstance(gen_eos, list) else [gen_eos]
-    return sorted({i for i in ids if i is not None})
-
-
-def _prompt_encoder(tokenizer, instruction: str, max_tokens: int):
-    templated = bool(getattr(tokenizer, "chat_template", None))
-
-    def encode(question: str) -> list[int]:
-        ids = tokenizer(prompt_text(tokenizer, question, instruction), add_special_tokens=not templated)["input_ids"]
-        return ids[-max_tokens:]
-    return encode
-
-
-def _apply_liger(model) -> None:
-    """liger-kernel's RMSNorm, RoPE and SwiGLU for architectures it knows (its loss kernels are not used)."""
-    import inspect
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
-    if fn is None:
-        logger.info(f"liger-kernel has no kernels for model type {model.config.model_type!r}; running without")
-        return
-    wanted = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
-    params = inspect.signature(fn).parameters
-    fn(model=model, **{k: v for k, v in wanted.items() if k in params})
-    logger.info(f"liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
-
-
-def verifier_scores(texts: list[str], rows: list[dict], reward) -> list[float]:
-    """One score per completion text against its data row (rows[i] belongs to texts[i]): the weighted sum
-    of the --reward terms (lightrl.rewards.combined)."""
-    return reward_score(reward, texts, rows)
-
-
-def _rewards(comps, rows, tokenizer, cfg, row):
+def _rewards(comps, data_rows, tokenizer, cfg, row):
     """(verifier scores, shaping terms: format and overlong, when configured); the reward is their sum.
-    rows[i] is the data row that completion comps[i] answers.
+    data_rows[i] is the data row that completion comps[i] answers.
 
     Kept apart because the row's reward_map and keep filter act on the scores alone."""
     texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
-    scores = verifier_scores(texts, rows, cfg.reward)
+    scores = verifier_scores(texts, data_rows, cfg.reward)
     shaping = [0.0] * len(scores)
     buffer = row.overlong_buffer_tokens(cfg.max_new_tokens)
     for i, (text, ids) in enumerate(zip(texts, comps)):
@@ -435,76 +211,62 @@ def _rewards(comps, rows, tokenizer, cfg, row):
     return scores, shaping
 
 
-def _advantages(scores, shaping, lengths, group_n: int, row, device, backend: str):
-    """group_advantages on the training device (backend "triton" takes no CPU tensors there); (adv, keep) on CPU."""
-    f32 = lambda xs: torch.as_tensor(xs, dtype=torch.float32).to(device)  # noqa: E731
-    adv, keep = group_advantages(f32(scores), group_n, row, lengths=torch.as_tensor(lengths).to(device),
-                                 shaping=f32(shaping), backend=backend)
-    return adv.cpu(), keep.cpu()
+def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) -> tuple[dict, bool, str | None]:
+    """Old / reference log-probs without gradient, then cfg.updates_per_batch optimizer steps on batch.
+    Returns (metrics of the first update, where the batch is on-policy; whether the optimizer
+    stepped; why it stopped early (a non-finite loss or gradient norm) or None)."""
+    # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
+    # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
+    if row.needs_old_logp and cfg.updates_per_batch > 1:
+        batch.extras["old_logp"] = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    if row.kl_in_loss:
+        batch.extras["ref_logp"] = policy.logprobs(policy.ref_model, batch, cfg.micro_batch)
+    metrics = {}
+    for i in range(cfg.updates_per_batch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, loss_metrics, entropy = _backward(policy, batch, scale, cfg, row)
+        if i == 0:
+            metrics.update(entropy=entropy, **loss_metrics)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not (math.isfinite(loss) and torch.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)  # weights and optimizer state stay untouched
+            return metrics, i > 0, f"non-finite loss ({loss}) or gradient norm ({grad_norm.item()})"
+        optimizer.step()
+        if i == 0:
+            metrics.update(loss=loss, grad_norm=grad_norm.item())
+    return metrics, True, None
 
 
-def _flat(groups, key):
-    return [x for g in groups for x in g[key]]
+def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float, dict, float]:
+    """The whole batch's loss gradient, one micro-batch at a time (each loss is already its share).
+    Returns (loss, loss metrics over the batch, policy entropy on the first micro-batch)."""
+    loss_total, calls, entropy = 0.0, [], None
+    for mb in tqdm(batch.micro(cfg.micro_batch), desc="update", leave=False, disable=not show_bars(cfg.progress)):
+        hidden = policy.hidden(policy.model, mb)
+        loss, metrics = fused_policy_loss(
+            hidden, policy.weight(policy.model), mb.targets, mb.extras.get("old_logp"), mb.extras.get("ref_logp"),
+            mb.advantages, mb.mask, mb.seq_index, row, temperature=cfg.temperature, scale=scale,
+            backend=cfg.backend)
+        if entropy is None:
+            entropy = policy.entropy(hidden, mb)
+        loss.backward()
+        loss_total += loss.item()
+        calls.append((metrics, mb.tokens))
+    return loss_total, merge_metrics(calls), entropy
+
+
+def evaluate(engine, policy, eval_data_rows: list[dict], step: int, cfg: Config) -> dict:
+    """avg@k accuracy on the held-out data rows."""
+    t0 = time.time()
+    comps = engine.generate([policy.encode(r["question"]) for r in eval_data_rows], cfg.eval_k,
+                            temperature=cfg.eval_temperature, top_p=1.0, seed=cfg.seed + 7919 * (step + 1),
+                            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, desc="eval")
+    texts = policy.tokenizer.batch_decode(comps, skip_special_tokens=True)
+    scores = verifier_scores(texts, [r for r in eval_data_rows for _ in range(cfg.eval_k)], cfg.reward)
+    return {"eval_accuracy": sum(scores) / len(scores), "eval_time": time.time() - t0}
 
 
 def _mean(xs) -> float:
     xs = [float(x) for x in xs]
     return sum(xs) / len(xs) if xs else 0.0
-
-
-def _to_batch(groups, truncated, mask_truncated: bool) -> list[dict]:
-    """One entry per sampled sequence: prompt ids, completion ids, whether its tokens count."""
-    seqs = []
-    for g in groups:
-        for c in g["comps"]:
-            seqs.append({"prompt": g["prompt"], "comp": c, "counts": not (mask_truncated and truncated[len(seqs)])})
-    return seqs
-
-
-def _micro_batch(batch: list[dict], seq_ids: list[int], device) -> dict:
-    """Right-padded ids [B, L] and the flat completion-token view [N] fused_policy_loss wants."""
-    items = [batch[i] for i in seq_ids]
-    width = max(len(s["prompt"]) + len(s["comp"]) for s in items)
-    ids = torch.zeros((len(items), width), dtype=torch.long)
-    attn = torch.zeros((len(items), width), dtype=torch.long)
-    rows, cols, targets, seq_index, mask = [], [], [], [], []
-    nonempty = 0
-    for b, s in enumerate(items):
-        full = s["prompt"] + s["comp"]
-        ids[b, :len(full)] = torch.tensor(full)
-        attn[b, :len(full)] = 1
-        p, n = len(s["prompt"]), len(s["comp"])
-        rows += [b] * n
-        cols += range(p - 1, p + n - 1)  # position t predicts token t + 1
-        targets += s["comp"]
-        seq_index += [b] * n
-        mask += [s["counts"]] * n
-        nonempty += int(s["counts"] and n > 0)
-    to = lambda xs, dt: torch.tensor(xs, dtype=dt, device=device)  # noqa: E731
-    return {"ids": ids.to(device), "attn": attn.to(device), "rows": to(rows, torch.long), "cols": to(cols, torch.long),
-            "targets": to(targets, torch.long), "seq_index": to(seq_index, torch.long),
-            "mask": to(mask, torch.bool), "nonempty": nonempty, "seq_ids": torch.tensor(seq_ids, dtype=torch.long)}
-
-
-def _w(weight, amp_dtype):
-    """The lm_head weight in the hidden states' dtype (a differentiable cast under autocast)."""
-    return weight if amp_dtype is None else weight.to(amp_dtype)
-
-
-@torch.no_grad()
-def _sequence_kl(model, ref_model, batch, token_logprobs, micro_batch: int, estimator: str, device) -> torch.Tensor:
-    """Per-sequence sum over mask tokens of the KL(pi || ref) estimator, [B] f32 (kl_in_reward).
-
-    token_logprobs(net, mb) -> log-probs [N] of mb's completion tokens under net."""
-    out = torch.zeros(len(batch))
-    for i in range(0, len(batch), micro_batch):
-        mb = _micro_batch(batch, list(range(i, min(i + micro_batch, len(batch)))), device)
-        k, _ = kl_terms(token_logprobs(model, mb), token_logprobs(ref_model, mb), mb["mask"], estimator)
-        out.index_add_(0, mb["seq_index"].cpu() + i, k.cpu())
-    return out
-
-
-def _peak_memory_gb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB

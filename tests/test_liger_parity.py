@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from lightrl.algos import get_algo
-from lightrl.kernels import fused_policy_loss
+from lightrl.kernels import LossScale, fused_policy_loss
 
 liger = pytest.importorskip("liger_kernel.chunked_loss")
 
@@ -76,7 +76,7 @@ def run_lightrl(inputs, row, use_old, loss_constant=None, backend="torch"):
     seq = torch.arange(B).repeat_interleave(T)
     loss, m = fused_policy_loss(h, w, ids.reshape(-1), old.reshape(-1) if use_old else None,
                                 ref.reshape(-1) if row.kl_coef > 0 else None, adv, mask.reshape(-1).bool(), seq, row,
-                                temperature=TEMP, loss_constant=loss_constant, backend=backend)
+                                temperature=TEMP, scale=LossScale(constant=loss_constant), backend=backend)
     loss.backward()
     return loss.detach(), h.grad.reshape(B, T, D), w.grad, m
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightrl.algos import ALGOS, get_algo
-from lightrl.kernels import fused_policy_loss, policy_loss
+from lightrl.kernels import LossScale, fused_policy_loss, policy_loss
 
 BACKENDS = ["torch", "triton", "reference"]
 METRICS = ["clip_frac_low", "clip_frac_high", "ratio_mean", "ratio_max", "kl_mean", "entropy_mean", "kept_frac"]
@@ -121,15 +121,16 @@ def run_policy(backend, row, logp, old, ref, adv, mask, seq, ent, **kw):
     return loss.detach(), m, lp.grad, (e.grad if e is not None else None)
 
 
-def check_against_formula(row, logp, old, ref, adv, mask, seq, ent, backends=BACKENDS, **kw):
+def check_against_formula(row, logp, old, ref, adv, mask, seq, ent, backends=BACKENDS, loss_constant=None):
     lp = logp.clone().requires_grad_(True)
     e = ent.clone().requires_grad_(True) if ent is not None else None
-    want_loss, want_m = formula_loss(lp, old, ref, adv, mask, seq, row, entropy=e, **kw)
+    want_loss, want_m = formula_loss(lp, old, ref, adv, mask, seq, row, entropy=e, loss_constant=loss_constant)
     want_loss.backward()
     want_g = lp.grad if lp.grad is not None else torch.zeros_like(logp)
     want_ge = e.grad if (e is not None and e.grad is not None) else None
     for backend in backends:
-        loss, m, g, ge = run_policy(backend, row, logp, old, ref, adv, mask, seq, ent, **kw)
+        loss, m, g, ge = run_policy(backend, row, logp, old, ref, adv, mask, seq, ent,
+                                    scale=LossScale(constant=loss_constant))
         assert torch.isfinite(loss)
         torch.testing.assert_close(loss, want_loss.detach(), rtol=1e-5, atol=1e-6, msg=f"{backend} loss")
         for k in METRICS:
@@ -328,7 +329,7 @@ def test_fused_every_row_every_backend(name):
     for row in variants(name):
         want_loss, want_m, want_gh, want_gw = fused_formula(row, *inputs, loss_constant=12)
         for backend in BACKENDS:
-            loss, m, gh, gw = run_fused(backend, row, *inputs, loss_constant=12)
+            loss, m, gh, gw = run_fused(backend, row, *inputs, scale=LossScale(constant=12))
             torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6, msg=f"{backend} loss")
             for k in METRICS:
                 if k == "entropy_mean" and row.entropy_coef == 0:

@@ -14,6 +14,7 @@ import lightrl.train
 from lightrl.algos import ALGOS
 from lightrl.config import Config
 from lightrl.logs import read_metrics
+from lightrl.model import Policy
 from lightrl.train import train
 
 # Metrics that depend only on seeds and arithmetic (not on wall-clock time).
@@ -47,41 +48,37 @@ def test_every_algo_runs_two_steps(algo, warm_model, tmp_path):
 
 def _k3_per_sequence(model, ref_model, batch, temperature):
     """KL(pi || ref) k3 estimate summed over each sequence's counted tokens, from full logits."""
+    def logp(net, mb):
+        z = net(input_ids=mb.ids, use_cache=False).logits[0, mb.cols].float() / temperature
+        return torch.log_softmax(z, -1).gather(1, mb.targets[:, None])[:, 0]
     out = []
     with torch.no_grad():
-        for s in batch:
-            ids = torch.tensor([s["prompt"] + s["comp"]])
-            p, n = len(s["prompt"]), len(s["comp"])
-            target = ids[0, p:]
-
-            def logp(net):
-                z = net(input_ids=ids, use_cache=False).logits[0, p - 1:p + n - 1].float() / temperature
-                return torch.log_softmax(z, -1).gather(1, target[:, None])[:, 0]
-            u = logp(ref_model) - logp(model)
-            out.append(float((torch.exp(u) - 1 - u).sum()) if s["counts"] else 0.0)
+        for mb in batch.micro(1):  # one sequence at a time: no padding
+            u = logp(ref_model, mb) - logp(model, mb)
+            out.append(float((torch.exp(u) - 1 - u).sum()) if mb.mask.all() else 0.0)
     return torch.tensor(out)
 
 
 def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
     # group_advantages gets the verifier's scores, and as shaping the rule terms minus kl_coef * (sequence KL).
     seen = []
-    real_rewards, real_kl, real_adv = lightrl.train._rewards, lightrl.train._sequence_kl, lightrl.train.group_advantages
+    real_rewards, real_kl, real_adv = lightrl.train._rewards, Policy.sequence_kl, lightrl.train.group_advantages
 
     def rewards(*a, **k):
         out = real_rewards(*a, **k)
         seen.append({"scores": torch.tensor(out[0]), "shaping": torch.tensor(out[1])})
         return out
 
-    def sequence_kl(model, ref_model, batch, *a):
-        seen[-1]["kl"] = _k3_per_sequence(model, ref_model, batch, 0.7)
-        return real_kl(model, ref_model, batch, *a)
+    def sequence_kl(policy, batch, *a):
+        seen[-1]["kl"] = _k3_per_sequence(policy.model, policy.ref_model, batch, 0.7)
+        return real_kl(policy, batch, *a)
 
     def group_advantages(r, *a, **k):
         seen[-1]["got"] = (r.clone(), k["shaping"].clone())
         return real_adv(r, *a, **k)
 
     monkeypatch.setattr(lightrl.train, "_rewards", rewards)
-    monkeypatch.setattr(lightrl.train, "_sequence_kl", sequence_kl)
+    monkeypatch.setattr(Policy, "sequence_kl", sequence_kl)
     monkeypatch.setattr(lightrl.train, "group_advantages", group_advantages)
     run = train(small(tmp_path, "klr", algo="grpo", model=warm_model, steps=3, temperature=0.7,
                       row={"kl_in_reward": "true", "entropy_coef": "0.01", "kl_coef": "0.5"}))
@@ -185,7 +182,7 @@ def test_every_group_filtered_is_skipped_not_divided_by_zero(warm_model, tmp_pat
     assert "every group filtered" in capsys.readouterr().err
     run = train(small(tmp_path, "dapo", algo="dapo", model=warm_model, max_refills=2))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
-    assert [r["refill_rounds"] for r in rows] == [3, 3] and [r["skipped"] for r in rows] == [1, 1]
+    assert [r["refills"] for r in rows] == [2, 2] and [r["skipped"] for r in rows] == [1, 1]
 
 
 @pytest.mark.slow

@@ -1,18 +1,20 @@
 """Micro-batching in the training loop: the summed micro-batch gradients are the whole batch's.
 
-fused_policy_loss aggregates within the tokens it is given; train.accumulate_gradients scales
-each micro-batch's loss by its share of the batch's denominator. For every aggregate mode the
-gradient (and every logged metric) with micro_batch 1, 2 and "all" must equal one call of the
-reference loss on the whole batch. Also: models whose logits are not hidden @ lm_head.weight.T
-are refused.
+fused_policy_loss, given the whole batch's denominators (StepBatch.loss_scale), returns each
+micro-batch's share of the batch's loss; train._backward runs one backward per micro-batch. For
+every aggregate mode the gradient (and every logged metric) with micro_batch 1, 2 and "all" must
+equal one call of the reference loss on the whole batch. Also: models whose logits are not
+hidden @ lm_head.weight.T are refused.
 """
 import pytest
 import torch
 
 from lightrl import tiny
 from lightrl.algos import ALGOS
-from lightrl.kernels import fused_policy_loss, linear_logprobs
-from lightrl.train import _micro_batch, _to_batch, accumulate_gradients
+from lightrl.batch import StepBatch
+from lightrl.config import Config
+from lightrl.model import Policy
+from lightrl.train import _backward
 
 TEMPERATURE = 0.7
 LOSS_CONSTANT = 12.0  # the loop passes max_new_tokens for token_sum_norm
@@ -26,52 +28,35 @@ def setup():
     v = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
     lens = [5, 1, 9, 3, 7, 2, 11, 4]  # very different lengths: token- and sequence-level weights differ
-    groups = [{"prompt": torch.randint(3, v, (3 + i,), generator=g).tolist(),
-               "comps": [torch.randint(3, v, (n,), generator=g).tolist() for n in lens[4 * i:4 * i + 4]]}
+    groups = [(torch.randint(3, v, (3 + i,), generator=g).tolist(),
+               [torch.randint(3, v, (n,), generator=g).tolist() for n in lens[4 * i:4 * i + 4]], [0.0] * 4, [0.0] * 4)
               for i in range(2)]
-    truncated = [False] * 8
-    truncated[2] = True  # masked as truncated: no mask token, so it must not count as a sequence
-    batch = _to_batch(groups, truncated, mask_truncated=True)
-    adv = torch.tensor([1.5, -0.7, 2.0, 0.0, -1.2, 0.8, -0.3, 1.1])
-    # Per-token old / ref log-prob offsets, fixed per (sequence, position) so every split sees the same.
-    offsets = [torch.randn(len(s["comp"]), generator=g) for s in batch]
-    return model, batch, adv, offsets
+    counts = [True] * 8
+    counts[2] = False  # masked as truncated: no mask token, so it must not count as a sequence
+    batch = StepBatch.build(groups, counts, "cpu")
+    batch.advantages = torch.tensor([1.5, -0.7, 2.0, 0.0, -1.2, 0.8, -0.3, 1.1])
+    # Old / ref log-probs = current ones shifted by fixed per-token offsets: ratios spread out, some clip.
+    off = torch.cat([torch.randn(n, generator=g) for n in lens])
+    lp = _policy(model, "torch").logprobs(model, batch, 8)
+    return model, batch, lp + 0.4 * off, lp - 0.5 * torch.cos(3 * off)
 
 
-def _with_inputs(mb, model, adv, offsets, row):
-    """Old / ref log-probs = current ones shifted by fixed offsets: ratios spread out, some clip."""
-    mb["adv"] = adv[mb["seq_ids"]]
-    w = model.get_output_embeddings().weight
-    with torch.no_grad():
-        lp = linear_logprobs(_hidden(model, mb), w, mb["targets"], temperature=TEMPERATURE)
-    off = torch.cat([offsets[i] for i in mb["seq_ids"].tolist()] + [torch.zeros(0)])
-    if row.needs_old_logp:
-        mb["old_logp"] = lp + 0.4 * off
-    if row.kl_in_loss:
-        mb["ref_logp"] = lp - 0.5 * torch.cos(3 * off)
-    return mb
-
-
-def _hidden(model, mb):
-    out = model.get_decoder()(input_ids=mb["ids"], attention_mask=mb["attn"], use_cache=False)
-    return out.last_hidden_state[mb["rows"], mb["cols"]]
+def _policy(model, backend):
+    return Policy(tokenizer=None, model=model, ref_model=None, init_path="", encode=None, stop_ids=[], amp_dtype=None,
+                  temperature=TEMPERATURE, backend=backend)
 
 
 def _grads(model, row, micro_batch, setup_, backend):
-    _, batch, adv, offsets = setup_
-    seqs = list(range(len(batch)))
-    micro = [_with_inputs(_micro_batch(batch, seqs[i:i + micro_batch], "cpu"), model, adv, offsets, row)
-             for i in range(0, len(seqs), micro_batch)]
-    totals = {"tokens": sum(int(mb["mask"].sum()) for mb in micro), "seqs": sum(mb["nonempty"] for mb in micro)}
-    w = model.get_output_embeddings().weight
-
-    def loss_of(mb):
-        return fused_policy_loss(_hidden(model, mb), w, mb["targets"], mb.get("old_logp"), mb.get("ref_logp"),
-                                 mb["adv"], mb["mask"], mb["seq_index"], row, temperature=TEMPERATURE,
-                                 loss_constant=LOSS_CONSTANT, backend=backend)
-
+    _, batch, old_logp, ref_logp = setup_
+    batch.extras = {}
+    if row.needs_old_logp:
+        batch.extras["old_logp"] = old_logp
+    if row.kl_in_loss:
+        batch.extras["ref_logp"] = ref_logp
+    policy = _policy(model, backend)
+    cfg = Config(micro_batch=micro_batch, temperature=TEMPERATURE, backend=backend, progress=False)
     model.zero_grad(set_to_none=True)
-    loss, metrics = accumulate_gradients(micro, row, totals, loss_of)
+    loss, metrics, _ = _backward(policy, batch, batch.loss_scale(LOSS_CONSTANT), cfg, row)
     return loss, metrics, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -89,10 +74,10 @@ def test_micro_batches_sum_to_the_whole_batch(name, setup):
     model, batch, _, _ = setup
     row = ROWS[name]
     # Ground truth: one call of the reference loss on the whole batch (share 1).
-    loss_ref, metrics_ref, grads_ref = _grads(model, row, len(batch), setup, "reference")
+    loss_ref, metrics_ref, grads_ref = _grads(model, row, batch.num_seqs, setup, "reference")
     assert metrics_ref["clip_frac_low"] + metrics_ref["clip_frac_high"] > 0 or row.ratio == "sequence"
     assert abs(loss_ref) > 1e-4
-    for mb_size in (1, 2, 3, len(batch)):
+    for mb_size in (1, 2, 3, batch.num_seqs):
         loss, metrics, grads = _grads(model, row, mb_size, setup, "torch")
         assert loss == pytest.approx(loss_ref, rel=1e-5, abs=1e-6), mb_size
         assert metrics.keys() == metrics_ref.keys()
@@ -104,7 +89,7 @@ def test_micro_batches_sum_to_the_whole_batch(name, setup):
 
 
 def test_models_whose_logits_are_not_a_plain_lm_head_are_refused():
-    from lightrl.train import check_plain_lm_head
+    from lightrl.model import check_plain_lm_head
     tok = tiny.build_tokenizer()
     model = tiny.build_model(tok, seed=0, hidden=16, layers=1)
     check_plain_lm_head(model, "tiny")  # tied, no bias, no scaling: fine

@@ -1,0 +1,226 @@
+"""The policy: device and rollout engine choice, model and tokenizer loading, the reference copy,
+and the two forward passes the trainer needs (hidden states and token log-probs)."""
+from __future__ import annotations
+
+import copy
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lightrl.config import Config
+from lightrl.data import prompt_text
+from lightrl.kernels import linear_logprobs
+from lightrl.kernels.policy_loss_torch import kl_terms
+from lightrl.logs import logger, show_bars
+
+
+def setup(cfg: Config):
+    """(device, engine name "hf" or "vllm", autocast dtype or None for fp32) for cfg (lightrl.preflight has
+    refused impossible pairs); sets the CPU thread count and silences transformers' progress bars
+    unless bars are shown."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not show_bars(cfg.progress):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    engine_name = cfg.engine
+    if engine_name == "auto":
+        engine_name = "vllm" if device.type == "cuda" and _has_vllm() else "hf"
+    amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "float32": None,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    return device, engine_name, amp_dtype
+
+
+@dataclass
+class Policy:
+    """The model being trained with its tokenizer, and what the loop asks of it.
+
+    ref_model: the frozen starting policy (None unless the algorithm row needs reference
+    log-probs); init_path: the starting weights on disk (reference on resume, vLLM);
+    encode(question) -> prompt ids; stop_ids: tokens that end a completion.
+    """
+    tokenizer: object
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    init_path: str
+    encode: Callable[[str], list[int]]
+    stop_ids: list[int]
+    amp_dtype: torch.dtype | None
+    temperature: float
+    backend: str
+
+    def weight(self, net) -> torch.Tensor:
+        """net's lm_head weight [V, D] in the hidden states' dtype (a differentiable cast under autocast)."""
+        w = net.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
+        return w if self.amp_dtype is None else w.to(self.amp_dtype)
+
+    def hidden(self, net, mb) -> torch.Tensor:
+        """Final (post-norm) hidden states [n, D] of net at the positions that predict mb's completion tokens."""
+        device_type = mb.ids.device.type
+        with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = net.get_decoder()(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False)
+        hidden = out.last_hidden_state[mb.seq_index, mb.cols]
+        return hidden if self.amp_dtype is None else hidden.to(self.amp_dtype)  # the final norm may return fp32
+
+    @torch.no_grad()
+    def logprobs(self, net, batch, micro_batch: int) -> torch.Tensor:
+        """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference)."""
+        return torch.cat([linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets,
+                                          temperature=self.temperature, backend=self.backend)
+                          for mb in batch.micro(micro_batch)])
+
+    @torch.no_grad()
+    def sequence_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
+        """Per-sequence sums [S] f32 over mask tokens of the KL(pi || ref) estimator (kl_in_reward)."""
+        logp, ref_logp = (self.logprobs(net, batch, micro_batch) for net in (self.model, self.ref_model))
+        k, _ = kl_terms(logp, ref_logp, batch.mask, estimator)
+        return batch.seq_sum(k)
+
+    @torch.no_grad()
+    def entropy(self, hidden, mb) -> float:
+        """Mean policy entropy over mb's mask tokens (0.0 without any), from hidden states of mb."""
+        _, ent = linear_logprobs(hidden.detach(), self.weight(self.model).detach(), mb.targets,
+                                 temperature=self.temperature, return_entropy=True, backend=self.backend)
+        return ent[mb.mask].mean().item() if mb.mask.any() else 0.0
+
+
+def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict], device, amp_dtype) -> Policy:
+    """The policy in fp32 on device, in train mode, checked and patched as cfg asks; with a reference
+    copy when row.needs_ref. ckpt: the checkpoint being resumed (None for a new run)."""
+    tokenizer, model, init_path = _load_weights(cfg, run_dir, ckpt, data_rows, device)
+    check_plain_lm_head(model, cfg.model)
+    if device.type == "cuda" and cfg.liger:
+        _apply_liger(model)
+    model.train()  # from_pretrained returns eval mode; gradient checkpointing only acts in train mode
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ref_model = None
+    if row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
+        ref_model = _from_pretrained(init_path, device) if ckpt else copy.deepcopy(model)
+        ref_model.requires_grad_(False).eval()
+        if amp_dtype is not None:  # only ever run under autocast: half-precision storage is enough
+            ref_model.to(amp_dtype)
+    instruction = "" if cfg.model == "tiny" else cfg.instruction
+    return Policy(tokenizer=tokenizer, model=model, ref_model=ref_model, init_path=init_path,
+                  encode=_prompt_encoder(tokenizer, instruction, cfg.max_prompt_tokens),
+                  stop_ids=_stop_ids(tokenizer, model), amp_dtype=amp_dtype, temperature=cfg.temperature,
+                  backend=cfg.backend)
+
+
+def rollout_engine(cfg: Config, policy: Policy, engine_name: str, resumed: bool):
+    """The engine that samples completions: vLLM (weights synced from the policy on resume) or HF generate."""
+    if engine_name == "vllm":
+        from lightrl.rollout import VLLMEngine
+        engine = VLLMEngine(policy.init_path, policy.tokenizer, stop_ids=policy.stop_ids,
+                            dtype="bfloat16" if policy.amp_dtype is not None else "float32",
+                            gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, sleep=cfg.vllm_sleep,
+                            max_model_len=cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.eval_max_new_tokens))
+        if resumed:
+            engine.sync_weights(policy.model)
+        return engine
+    from lightrl.rollout import HFEngine
+    return HFEngine(policy.model, policy.tokenizer, batch_size=cfg.micro_batch, stop_ids=policy.stop_ids,
+                    progress=show_bars(cfg.progress))
+
+
+def reset_peak_memory(device) -> None:
+    """Start a new peak for peak_memory_gb (CUDA; the CPU figure is the process's lifetime peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device) -> float:
+    """Peak memory of this process on device: CUDA allocations, or on CPU the resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def check_plain_lm_head(model, name: str) -> None:
+    """The loss computes logits as hidden @ lm_head.weight.T / temperature: refuse models whose logits
+    are more than that (an lm_head bias, Gemma-2's soft-capping, Cohere's / Granite's logit scaling),
+    since their log-probs, ratios and gradients would silently be wrong."""
+    problems = []
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        problems.append("its lm_head has a bias")
+    text_cfg = model.config.get_text_config()
+    if getattr(text_cfg, "final_logit_softcapping", None):
+        problems.append(f"final_logit_softcapping={text_cfg.final_logit_softcapping}")
+    for attr in ("logit_scale", "logits_scaling"):
+        value = getattr(text_cfg, attr, None)
+        if value is not None and value != 1:
+            problems.append(f"{attr}={value}")
+    if problems:
+        raise ValueError(f"--model {name}: {', '.join(problems)}; lightrl's fused loss takes logits as "
+                         "hidden @ lm_head.weight.T only, so its log-probs would be wrong for this model "
+                         "(Llama, Qwen2/2.5/3 and Mistral-style heads are fine)")
+
+
+def _has_vllm() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _from_pretrained(path: str, device):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+
+
+def _load_weights(cfg: Config, run_dir: str, ckpt: str | None, data_rows: list[dict], device):
+    """(tokenizer, model in fp32 on device, path of the starting weights for the reference / vLLM)."""
+    from transformers import AutoTokenizer
+    if cfg.model == "tiny":
+        from lightrl import tiny
+        init_path = os.path.join(run_dir, "warm_start")
+        if ckpt is None:  # build, warm-start and save the starting policy once per run
+            tokenizer = tiny.build_tokenizer()
+            model = tiny.build_model(tokenizer, seed=cfg.seed).to(device)
+            tiny.warm_start(model, tokenizer, data_rows, steps=cfg.warm_start_steps, lr=cfg.warm_start_lr,
+                            seed=cfg.seed, progress=show_bars(cfg.progress))
+            model.save_pretrained(init_path)
+            tokenizer.save_pretrained(init_path)
+            return tokenizer, model, init_path
+    else:
+        init_path = cfg.model
+    source = ckpt or init_path
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer, _from_pretrained(source, device), init_path
+
+
+def _stop_ids(tokenizer, model) -> list[int]:
+    """Tokens that end a completion: the tokenizer's EOS and the model's generation EOS ids (chat models
+    end a turn with their own token, e.g. <|im_end|>)."""
+    ids = [tokenizer.eos_token_id]
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += gen_eos if isinstance(gen_eos, list) else [gen_eos]
+    return sorted({i for i in ids if i is not None})
+
+
+def _prompt_encoder(tokenizer, instruction: str, max_tokens: int):
+    templated = bool(getattr(tokenizer, "chat_template", None))
+
+    def encode(question: str) -> list[int]:
+        ids = tokenizer(prompt_text(tokenizer, question, instruction), add_special_tokens=not templated)["input_ids"]
+        return ids[-max_tokens:]
+    return encode
+
+
+def _apply_liger(model) -> None:
+    """liger-kernel's RMSNorm, RoPE and SwiGLU for architectures it knows (its loss kernels are not used)."""
+    import inspect
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
+    if fn is None:
+        logger.info(f"liger-kernel has no kernels for model type {model.config.model_type!r}; running without")
+        return
+    wanted = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    params = inspect.signature(fn).parameters
+    fn(model=model, **{k: v for k, v in wanted.items() if k in params})
+    logger.info(f"liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
