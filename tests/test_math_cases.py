@@ -2,7 +2,7 @@
 
 Every equivalence category of the verifier has true and false rows; the `traps` rows
 are pairs that careless checkers get wrong. Decisions documented in
-lightrl/rewards/math.py: decimals are rounded numbers matched within 1e-9 relative
+lightrl/rewards/math/__init__.py: decimals are rounded numbers matched within 1e-9 relative
 (so 0.333 != 1/3), symbols are real (x^2 == |x|^2).
 """
 import pytest

@@ -1,0 +1,321 @@
+"""Stage 5b: compare two structures: exact arithmetic in-process, sympy (in a worker) for the rest."""
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+
+from .exact import _exact
+from .extract import extract_answer
+from .latex import _PY_NAMES, _to_py
+from .limits import EXACT_TOL, REL_TOL, _ParseError, _Reject
+from .normalize import _guard_text, _normalize, _text_key
+from .structure import _RX_VARIABLE, _structure
+
+class _Judge:
+    """Compares two structures. Without sympy, undecidable leaves give None."""
+
+    def __init__(self, use_sympy: bool):
+        self.use_sympy = use_sympy
+        self._py: dict[str, tuple | None] = {}
+
+    def py(self, latex: str):
+        if latex not in self._py:
+            try:
+                self._py[latex] = _to_py(latex)
+            except _ParseError:
+                self._py[latex] = None
+        return self._py[latex]
+
+    def same(self, g, p):
+        g = ("set", g[1]) if g[0] == "pm" else g
+        p = ("set", p[1]) if p[0] == "pm" else p
+        kg, kp = g[0], p[0]
+        if kg == "choice":
+            return (kp == "choice" and p[1] == g[1] or kp == "text" and p[1] == g[1].lower()
+                    or kp == "leaf" and p[1].upper() == g[1])
+        if kp == "choice":  # "(B)" against a non-choice gold: compare the bare letter
+            return kg == "leaf" and g[1].replace(" ", "").upper() == p[1]
+        if kg == "text":  # a word answer: case, spacing and punctuation do not matter
+            return _text_key(_unparse(p)) == g[1]
+        if kp == "text":  # words (or garbage like "\\s)qrt") against a math gold
+            return False
+        if kg == "set" and len(g[1]) == 1:
+            return self.same(g[1][0], p)
+        if kp == "set" and len(p[1]) == 1:
+            return self.same(g, p[1][0])
+        if kg == "eq" or kp == "eq":
+            return self.equation(g, p)
+        if kg == "set" or kp == "set":
+            if kg == "set" and kp == "seq" and p[1] == "(" and p[2] == ")":
+                p = ("set", p[3])  # gold is an unordered list: (a, b) lists the same answers
+            if kp == "set" and kg == "seq" and g[1] == "(" and g[2] == ")":  # gold is ordered: so is a, b
+                return len(g[3]) == len(p[1]) and self.all_of(self.same(a, b) for a, b in zip(g[3], p[1]))
+            if g[0] != "set" or p[0] != "set":
+                return False
+            return self.set_equal(g[1], p[1])
+        if kg == "matrix" or kp == "matrix":
+            return self.matrix(g, p)
+        if kg == "seq" or kp == "seq":
+            if kg != kp or g[1] != p[1] or g[2] != p[2] or len(g[3]) != len(p[3]):
+                return False
+            return self.all_of(self.same(a, b) for a, b in zip(g[3], p[3]))
+        if kg == "base" or kp == "base":
+            return self.base(g, p)
+        return self.leaf(g, p)
+
+    @staticmethod
+    def all_of(results) -> bool | None:
+        undecided = False
+        for r in results:
+            if r is False:
+                return False
+            undecided |= r is None
+        return None if undecided else True
+
+    def set_equal(self, gs: list, ps: list) -> bool | None:
+        if len(gs) * len(ps) > 400:
+            raise _Reject("sets too large")
+        table = [[self.same(g, p) for p in ps] for g in gs]
+        cols = list(zip(*table))
+        if any(all(r is False for r in line) for line in table + cols):
+            return False  # some member matches nothing: settled even when other cells are unknown
+        if any(r is None for row in table for r in row):
+            return None
+        return all(True in row for row in table) and all(True in col for col in cols)
+
+    def matrix(self, g, p):
+        def rows(x):
+            if x[0] == "matrix":
+                return x[1]
+            if x[0] == "seq" and x[1] == "(" and x[2] == ")":
+                return [[e] for e in x[3]]
+            return None
+
+        rg, rp = rows(g), rows(p)
+        if rg is None or rp is None:
+            return False
+        if len(rg) == 1 and len(rg[0]) > 1:  # a row vector also matches a tuple
+            rg = [[e] for e in rg[0]]
+        if len(rp) == 1 and len(rp[0]) > 1:
+            rp = [[e] for e in rp[0]]
+        if [len(r) for r in rg] != [len(r) for r in rp]:
+            return False
+        return self.all_of(self.same(a, b) for ra, rb in zip(rg, rp) for a, b in zip(ra, rb))
+
+    def base(self, g, p):
+        def value(x):
+            if x[0] == "base":
+                try:
+                    return int(x[1], x[2]) if 2 <= x[2] <= 36 else None
+                except ValueError:
+                    return None
+            return None
+
+        if g[0] == "base" and p[0] == "base":
+            return value(g) is not None and value(g) == value(p)
+        b, other = (g, p) if g[0] == "base" else (p, g)
+        if other[0] != "leaf":
+            return False
+        digits = other[1].replace(" ", "")
+        return digits == b[1]
+
+    def equation(self, g, p):
+        def simple_lhs(x):
+            return x[0] == "eq" and x[1][0] == "leaf" and bool(_RX_VARIABLE.fullmatch(x[1][1]))
+
+        if g[0] == "eq" and p[0] != "eq":
+            return self.same(g[2], p) if simple_lhs(g) else False
+        if p[0] == "eq" and g[0] != "eq":
+            return self.same(g, p[2]) if simple_lhs(p) else False
+        if simple_lhs(g) and simple_lhs(p) and g[1][1].replace(" ", "") == p[1][1].replace(" ", ""):
+            return self.same(g[2], p[2])
+        if not all(x[0] == "leaf" for x in (g[1], g[2], p[1], p[2])):
+            return False
+        if not self.use_sympy:
+            return None
+        return _sympy_proportional(self, g, p)
+
+    def leaf(self, g, p):
+        a, b = g[1].replace(" ", ""), p[1].replace(" ", "")
+        if a == b and g[2] == p[2]:
+            return True
+        pg, pp = self.py(g[1]), self.py(p[1])
+        if pg is None or pp is None:
+            return False
+        inexact = pg[2] or pp[2]
+        va, vb = _exact(pg[1].body, pg[0]), _exact(pp[1].body, pp[0])
+        if va is not None and vb is not None:
+            return any(_close(x, y, inexact) for x, y in _pct_variants(va, vb, g[2], p[2]))
+        if not self.use_sympy:
+            return None
+        return _sympy_equal(pg[0], pp[0], inexact, g[2], p[2])
+
+
+def _pct_variants(a, b, pct_a: bool, pct_b: bool):
+    """25% matches 25 and 0.25: the marked side may be read either way."""
+    yield a, b
+    if pct_a and not pct_b:
+        yield a / 100, b
+    if pct_b and not pct_a:
+        yield a, b / 100
+
+
+def _close(a: Fraction, b: Fraction, inexact: bool) -> bool:
+    if not inexact:
+        return a == b
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def _unparse(x) -> str:
+    kind = x[0]
+    if kind in ("text", "choice", "leaf"):
+        return x[1]
+    if kind == "base":
+        return f"{x[1]}_{x[2]}"
+    if kind == "eq":
+        return f"{_unparse(x[1])}={_unparse(x[2])}"
+    if kind == "seq":
+        return x[1] + ",".join(_unparse(e) for e in x[3]) + x[2]
+    if kind == "set":
+        return ",".join(_unparse(e) for e in x[1])
+    return ";".join(",".join(_unparse(e) for e in r) for r in x[1])
+
+
+def _answer_of(text: str) -> str:
+    if "\\boxed" in text or "\\fbox" in text or "####" in text:
+        return extract_answer(text) or text
+    return text
+
+
+def _judge(gold_ans: str, pred_ans: str, use_sympy: bool) -> bool | None:
+    """True/False, or None when only sympy can tell (and use_sympy is False)."""
+    _guard_text(gold_ans)
+    _guard_text(pred_ans)
+    g, p = _normalize(gold_ans), _normalize(pred_ans)
+    if g == p:
+        return True
+    if not g or not p:
+        return False
+    _guard_text(g)
+    _guard_text(p)
+    return _Judge(use_sympy).same(_structure(g), _structure(p))
+
+
+# ----------------------------------------------------------------------------- sympy (worker side)
+
+_SYMPY = {}
+
+
+def _sympy_ns():
+    if not _SYMPY:
+        import sympy
+        from sympy.parsing.sympy_parser import auto_number, parse_expr, rationalize
+
+        ns = {name: getattr(sympy, name) for name in _PY_NAMES if hasattr(sympy, name)}
+        ns.update(Integer=sympy.Integer, Float=sympy.Float, Rational=sympy.Rational)
+        _SYMPY.update(sympy=sympy, parse_expr=parse_expr, transformations=(auto_number, rationalize), ns=ns)
+    return _SYMPY
+
+
+def _sympify(py: str):
+    sp = _sympy_ns()
+    sympy = sp["sympy"]
+    names = set(re.findall(r"\bs_\w+", py))
+    local = {n: sympy.Symbol(n[2:], real=True) for n in names}
+    return sp["parse_expr"](py, local_dict=local, global_dict=dict(sp["ns"]),
+                            transformations=sp["transformations"], evaluate=True)
+
+
+def _numbers_close(a, b, inexact: bool) -> bool:
+    """a, b: sympy numbers without free symbols."""
+    sympy = _sympy_ns()["sympy"]
+    if a == b:
+        return True
+    if a.is_Rational and b.is_Rational:
+        return _close(Fraction(int(a.p), int(a.q)), Fraction(int(b.p), int(b.q)), inexact)
+    bad = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+    if a in bad or b in bad or a.has(sympy.zoo, sympy.nan) or b.has(sympy.zoo, sympy.nan):
+        return False
+    av, bv = sympy.N(a, 60), sympy.N(b, 60)
+    if not (av.is_number and bv.is_number) or av.has(sympy.zoo, sympy.nan) or bv.has(sympy.zoo, sympy.nan):
+        return False
+    diff = sympy.Abs(av - bv)
+    scale = sympy.Max(sympy.Abs(av), sympy.Abs(bv))
+    tol = float(REL_TOL) if inexact else EXACT_TOL
+    return bool(diff <= tol * scale + sympy.Float("1e-50", 60))
+
+
+def _points(symbols, n: int):
+    rng = random.Random(20240611)
+    sympy = _sympy_ns()["sympy"]
+    syms = sorted(symbols, key=str)
+    for _ in range(n):
+        yield {s: sympy.Rational(rng.choice((-1, 1)) * rng.randint(1, 60), rng.randint(1, 9)) for s in syms}
+
+
+def _defined(v) -> bool:
+    sympy = _sympy_ns()["sympy"]
+    return v.is_number and not v.has(sympy.zoo, sympy.nan, sympy.oo)
+
+
+def _sympy_equal(py_a: str, py_b: str, inexact: bool, pct_a: bool, pct_b: bool) -> bool:
+    a, b = _sympify(py_a), _sympify(py_b)
+    variants = [(a, b)]
+    if pct_a and not pct_b:
+        variants.append((a / 100, b))
+    if pct_b and not pct_a:
+        variants.append((a, b / 100))
+    for x, y in variants:
+        if x == y:
+            return True
+        symbols = x.free_symbols | y.free_symbols
+        if not symbols:
+            if _numbers_close(x, y, inexact):
+                return True
+            continue
+        checked, ok = 0, True
+        for pt in _points(symbols, 12):
+            vx, vy = x.xreplace(pt), y.xreplace(pt)
+            if not (_defined(vx) and _defined(vy)):
+                continue
+            if not _numbers_close(vx, vy, inexact):
+                ok = False
+                break
+            checked += 1
+            if checked == 5:
+                break
+        if ok and checked >= 3:
+            return True
+    return False
+
+
+def _sympy_proportional(judge: _Judge, g, p) -> bool:
+    """Equations g: L1 = R1 and p: L2 = R2 are the same when L1-R1 = c (L2-R2), c != 0."""
+    sides = [judge.py(x[1]) for x in (g[1], g[2], p[1], p[2])]
+    if any(s is None for s in sides):
+        return False
+    inexact = any(s[2] for s in sides)
+    l1, r1, l2, r2 = (_sympify(s[0]) for s in sides)
+    d1, d2 = l1 - r1, l2 - r2
+    symbols = d1.free_symbols | d2.free_symbols
+    if not symbols:
+        return False
+    ratio, checked = None, 0
+    for pt in _points(symbols, 12):
+        v1, v2 = d1.xreplace(pt), d2.xreplace(pt)
+        if not (_defined(v1) and _defined(v2)):
+            continue
+        if v2 == 0 or v1 == 0:
+            if v1 == 0 and v2 == 0:
+                continue
+            return False
+        r = v1 / v2
+        if ratio is None:
+            ratio = r
+        elif not _numbers_close(r, ratio, inexact):
+            return False
+        checked += 1
+        if checked == 5:
+            break
+    return checked >= 3

@@ -1,0 +1,118 @@
+"""Stage 2: canonical LaTeX-ish text of an answer (units, \\text, spacing, unicode) and size guards."""
+from __future__ import annotations
+
+import re
+
+from .extract import _brace_content, last_boxed
+from .limits import MAX_ANSWER_CHARS, MAX_DEPTH, MAX_LITERAL_DIGITS, _ParseError, _Reject
+
+_UNICODE = {"−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "÷": "/", "π": "\\pi ", "∞": "\\infty ",
+            "√": "\\sqrt", "≤": "\\le ", "≥": "\\ge ", "±": "\\pm ", "∪": "\\cup ", "°": "", "％": "%",
+            "²": "^2", "³": "^3"}
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|hbox|mathrm|mathbf|mathit|"
+                       r"mathsf|operatorname)\s*\{")
+_UNIT_WORDS = (r"units?|cm|mm|km|meters?|metres?|centimeters?|kilometers?|inches|inch|feet|foot|ft|yards?|"
+               r"miles?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|dollars?|cents?|"
+               r"degrees?|radians?|mph|kg|grams?|pounds?|lbs?|ounces?|oz|liters?|litres?|gallons?|"
+               r"people|students|cups?|pieces?|points?|ways|sq|square|cubic")
+_TRAILING_UNITS = re.compile(r"(?<=[\d}).\s])(?:\s*(?:%s)\b\.?(?:\^\{?[23]\}?)?)+\s*$" % _UNIT_WORDS, re.I)
+_FUNC_WORDS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan",
+               "sinh", "cosh", "tanh", "log", "ln", "exp", "pi", "infty"}
+
+
+def _replace_text_groups(s: str) -> tuple[str, str]:
+    """(s with \\text{..} groups and a following ^2 removed, s with them inlined)."""
+    without, inlined, pos = [], [], 0
+    while True:
+        m = _TEXT_CMD.search(s, pos)
+        if not m:
+            break
+        content = _brace_content(s, m.end() - 1, len(s))
+        if content is None:
+            raise _ParseError("unbalanced \\text{")
+        end = m.end() + len(content) + 1
+        without.append(s[pos:m.start()])
+        inlined.append(s[pos:m.start()])
+        word = content.strip()
+        if word.lower() in ("or", "and", ","):
+            without.append(",")
+            inlined.append(",")
+        elif re.fullmatch(r"\([A-Ea-e]\)", word):  # \textbf{(C)} 12: the choice letter is the answer
+            without.append(word + " ")
+            inlined.append(word + " ")
+        else:
+            inlined.append(" " + content + " ")
+            unit_pow = re.match(r"\s*\^\s*\{?\s*[23]\s*\}?", s[end:])
+            if unit_pow and re.search(r"[A-Za-z]", word):
+                end += unit_pow.end()
+        pos = end
+    without.append(s[pos:])
+    inlined.append(s[pos:])
+    return "".join(without), "".join(inlined)
+
+
+def _normalize(s: str) -> str:
+    """LaTeX/plain answer -> canonical LaTeX-ish string (spaces kept as separators)."""
+    for _ in range(3):  # \boxed{\boxed{5}}
+        inner = last_boxed(s) if ("\\boxed" in s or "\\fbox" in s) else None
+        if inner is None:
+            break
+        s = inner
+    for k, v in _UNICODE.items():
+        if k in s:
+            s = s.replace(k, v)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
+    s = re.sub(r"\{([^{}]*)\\over(?![a-zA-Z])([^{}]*)\}", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\(?:left|right)\s*\.", "", s)
+    s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", "", s)
+    s = s.replace("\\\\", "\0")  # protect matrix row breaks from the spacing rules below
+    s = re.sub(r",\\!\s*", ",", s).replace("{,}", ",")
+    s = re.sub(r"\\[!]", "", s)
+    s = re.sub(r"\\[,;: ]|\\q?quad(?![a-zA-Z])|~", " ", s)
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "%")
+    s = re.sub(r"\\(?:\(|\)|\[|\])", "", s)
+    s = s.replace("\0", "\\\\")
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", "", s)
+    s = re.sub(r"\\(?:inf|infinity)(?![a-zA-Z])|(?<![\\a-zA-Z])(?:infinity|infty|inf)(?![a-zA-Z])", "\\\\infty", s)
+    s = re.sub(r"^\s*\\mathbb\s*\{?R\}?\s*$", "(-\\\\infty,\\\\infty)", s)
+    without, inlined = _replace_text_groups(s)
+    s = without if re.search(r"[0-9A-Za-z\\]", without) else inlined
+    s = re.sub(r"\bpercent\b", "%", s)
+    s = re.sub(r"(?i)^\s*(?:[a-z]\s*\\in|[a-z]\s*∈)\s*", "", s)
+    s = re.sub(r"(?i)\b(?:or|and)\b", ",", s)
+    s = _TRAILING_UNITS.sub("", s)
+    s = s.strip().rstrip(".").strip()
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
+        s = s.replace(",", "")
+    s = re.sub(r"\s+", " ", s)
+    while len(s) >= 2 and s[0] == "{" and _brace_content(s, 0, len(s)) == s[1:-1]:
+        s = s[1:-1].strip()
+    return s
+
+
+def _has_words(s: str) -> bool:
+    for w in re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", s):
+        if w.lower() not in _FUNC_WORDS:
+            return True
+    return False
+
+
+def _text_key(s: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def _guard_text(s: str) -> None:
+    if len(s) > MAX_ANSWER_CHARS:
+        raise _Reject("answer too long")
+    depth = best = 0
+    for ch in s:
+        if ch in "({[":
+            depth += 1
+            best = max(best, depth)
+        elif ch in ")}]":
+            depth -= 1
+    if best > MAX_DEPTH:
+        raise _Reject("nesting too deep")
+    if re.search(r"\d{%d}" % (MAX_LITERAL_DIGITS + 1), s):
+        raise _Reject("integer literal too long")
