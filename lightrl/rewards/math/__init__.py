@@ -51,12 +51,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from .compare import _answer_of, _judge
 from .extract import extract_answer, last_boxed
-from .limits import CACHE_SIZE, MAX_ANSWER_CHARS, _ParseError, _Reject
+from .limits import BATCH_TIMEOUT, CACHE_SIZE, DECIMAL_DIGITS, MAX_ANSWER_CHARS, WORKER_STARTUP_TIMEOUT, _ParseError, _Reject
 from .pool import _POOL, _Timeout, _bump, get_stats
 
 __all__ = ["verify", "score_batch", "extract_answer", "get_stats", "clear_cache", "last_boxed"]
@@ -71,14 +72,14 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _remember(key: tuple[str, str], ok: bool) -> None:
+def _remember(key: tuple[str, str, int], ok: bool) -> None:
     with _CACHE_LOCK:
         _CACHE[key] = ok
         if len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
 
 
-def _prepare(gold: str, prediction: str) -> tuple[tuple[str, str] | None, bool | None]:
+def _prepare(gold: str, prediction: str, digits: int) -> tuple[tuple[str, str, int] | None, bool | None]:
     """In-process part: (cache key, verdict); verdict None means 'ask a sympy worker'."""
     _bump("n_checked")
     pred = extract_answer(prediction)
@@ -87,7 +88,7 @@ def _prepare(gold: str, prediction: str) -> tuple[tuple[str, str] | None, bool |
         if not pred or len(pred) > MAX_ANSWER_CHARS:
             _bump("n_no_answer")
             return None, False
-    key = (_answer_of(gold).strip(), pred)
+    key = (_answer_of(gold).strip(), pred, digits)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
@@ -96,7 +97,7 @@ def _prepare(gold: str, prediction: str) -> tuple[tuple[str, str] | None, bool |
         _bump("n_cache_hits")
         return None, hit
     try:
-        verdict = _judge(key[0], key[1], use_sympy=False)
+        verdict = _judge(key[0], key[1], use_sympy=False, digits=digits)
     except _Reject:
         _bump("n_guard_rejects")
         verdict = False
@@ -109,12 +110,19 @@ def _prepare(gold: str, prediction: str) -> tuple[tuple[str, str] | None, bool |
     return key, verdict
 
 
-def _ask_sympy(key: tuple[str, str], timeout: float) -> bool:
+def _ask_sympy(key: tuple[str, str, int], timeout: float, deadline: float) -> bool:
+    """A worker's verdict, waiting at most until `deadline` (time.monotonic()) in all."""
     _bump("n_sympy")
-    w = _POOL.acquire()
+    try:
+        if time.monotonic() >= deadline:
+            raise _Timeout  # past the deadline a free worker must not be spent (and killed) on a 0 s limit
+        w = _POOL.acquire(deadline)
+    except _Timeout:  # the batch ran out of time before a worker was free: not cached, it was never tried
+        _bump("n_timeouts")
+        return False
     healthy = True
     try:
-        reply = w.ask(key[0], key[1], timeout)
+        reply = w.ask({"g": key[0], "p": key[1], "d": key[2]}, max(0.001, min(timeout, deadline - time.monotonic())))
     except _Timeout:
         healthy = False
         _bump("n_timeouts")
@@ -136,45 +144,64 @@ def _ask_sympy(key: tuple[str, str], timeout: float) -> bool:
     return ok
 
 
-def _check_timeout(timeout: float) -> None:
+def _check_timeout(name: str, timeout: float) -> None:
     if not timeout > 0:
-        raise ValueError(f"timeout={timeout!r}: the sympy time limit per pair must be > 0 seconds (default 2.0)")
+        raise ValueError(f"{name}={timeout!r}: must be > 0 seconds")
+
+
+def _check_digits(digits: int) -> None:
+    if not (isinstance(digits, int) and digits >= 1):
+        raise ValueError(f"decimal_digits={digits!r}: must be an int >= 1 (default {DECIMAL_DIGITS}; "
+                         "a large value such as 60 means decimals never match fractions or surds)")
 
 
 def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def verify(gold: str, prediction: str, timeout: float = 2.0) -> bool:
+def verify(gold: str, prediction: str, timeout: float = 2.0, decimal_digits: int = DECIMAL_DIGITS) -> bool:
     """True when `prediction` (a whole response or a bare answer) states `gold`.
 
     Safe from any thread; sympy runs in a worker process killed after `timeout`
-    seconds (a timeout returns False and counts in get_stats()['n_timeouts']).
+    seconds (a timeout returns False and counts in get_stats()['n_timeouts']). Only a
+    cold pool (the first call of the process) also waits for a worker to start.
+    `decimal_digits`: a decimal matches a non-integer exact value (1/3, \\sqrt2, \\pi) when
+    it is that value rounded to the places written with at least this many significant
+    digits (default 6: 0.333333 == 1/3, 0.333 != 1/3); integers always compare exactly.
     """
-    _check_timeout(timeout)
-    key, verdict = _prepare(gold, prediction)
+    _check_timeout("timeout", timeout)
+    _check_digits(decimal_digits)
+    key, verdict = _prepare(gold, prediction, decimal_digits)
     if verdict is not None:
         return verdict
     _POOL.ensure(1)
-    return _ask_sympy(key, timeout)
+    return _ask_sympy(key, timeout, time.monotonic() + WORKER_STARTUP_TIMEOUT + timeout)
 
 
 def score_batch(golds: list[str], predictions: list[str], timeout: float = 2.0,
-                workers: int | None = None) -> list[float]:
+                workers: int | None = None, batch_timeout: float = BATCH_TIMEOUT,
+                decimal_digits: int = DECIMAL_DIGITS) -> list[float]:
     """Rewards (1.0 / 0.0) for each pair, in input order.
 
     Pairs the in-process exact check cannot settle go to `workers` sympy processes
-    (default: CPU count, at most 8) in parallel, each under `timeout` seconds.
-    Results are cached per (gold answer, predicted answer).
+    (default: CPU count, at most 8) in parallel, each under `timeout` seconds, and all of
+    them under `batch_timeout` seconds from the first one sent: pairs still unanswered
+    then score 0 and count in get_stats()['n_timeouts']. So the sympy part of a batch
+    never takes longer than `batch_timeout`, whatever the answers are (the first call of
+    a process also waits for its workers to start). Results are cached per
+    (gold answer, predicted answer); pairs cut off by the batch deadline are not.
+    `decimal_digits` is verify's decimal rule.
     """
-    _check_timeout(timeout)
+    _check_timeout("timeout", timeout)
+    _check_digits(decimal_digits)
+    _check_timeout("batch_timeout", batch_timeout)
     if len(golds) != len(predictions):
         raise ValueError(f"score_batch: {len(golds)} golds but {len(predictions)} predictions; "
                          "pass one gold per prediction (repeat the gold for each sample of a group)")
     out = [0.0] * len(golds)
     pending: dict[tuple[str, str], list[int]] = {}
     for i, (g, p) in enumerate(zip(golds, predictions)):
-        key, verdict = _prepare(g, p)
+        key, verdict = _prepare(g, p, decimal_digits)
         if verdict is None:
             pending.setdefault(key, []).append(i)
         else:
@@ -182,9 +209,11 @@ def score_batch(golds: list[str], predictions: list[str], timeout: float = 2.0,
     if pending:
         n = min(workers or _default_workers(), len(pending))
         _POOL.ensure(n)
+        _POOL.wait_for_one(time.monotonic() + WORKER_STARTUP_TIMEOUT)
+        deadline = time.monotonic() + batch_timeout
         keys = list(pending)
         with ThreadPoolExecutor(max_workers=n) as ex:
-            for key, ok in zip(keys, ex.map(lambda k: _ask_sympy(k, timeout), keys)):
+            for key, ok in zip(keys, ex.map(lambda k: _ask_sympy(k, timeout, deadline), keys)):
                 for i in pending[key]:
                     out[i] = float(ok)
     return out

@@ -8,15 +8,15 @@ from fractions import Fraction
 from .exact import _exact
 from .extract import extract_answer
 from .latex import _PY_NAMES, _to_py
-from .limits import EXACT_TOL, REL_TOL, _ParseError, _Reject
+from .limits import DECIMAL_DIGITS, EXACT_TOL, REL_TOL, _ParseError, _Reject
 from .normalize import _guard_text, _normalize, _text_key
 from .structure import _RX_VARIABLE, _structure
 
 class _Judge:
     """Compares two structures. Without sympy, undecidable leaves give None."""
 
-    def __init__(self, use_sympy: bool):
-        self.use_sympy = use_sympy
+    def __init__(self, use_sympy: bool, digits: int):
+        self.use_sympy, self.digits = use_sympy, digits
         self._py: dict[str, tuple | None] = {}
 
     def py(self, latex: str):
@@ -114,11 +114,11 @@ class _Judge:
 
         if g[0] == "base" and p[0] == "base":
             return value(g) is not None and value(g) == value(p)
-        b, other = (g, p) if g[0] == "base" else (p, g)
-        if other[0] != "leaf":
-            return False
-        digits = other[1].replace(" ", "")
-        return digits == b[1]
+        if g[0] == "base":  # the gold names the base: the bare digits are that numeral
+            return p[0] == "leaf" and p[1].replace(" ", "") == g[1]
+        # a base-n prediction for a plain gold is its value: 101_2 is 5, not 101
+        v = value(p)
+        return v is not None and g[0] == "leaf" and self.leaf(g, ("leaf", str(v), False))
 
     def equation(self, g, p):
         def simple_lhs(x):
@@ -144,26 +144,64 @@ class _Judge:
         if pg is None or pp is None:
             return False
         inexact = pg[2] or pp[2]
+        lit_g, lit_p = _decimal_literal(g[1]), _decimal_literal(p[1])
         va, vb = _exact(pg[1].body, pg[0]), _exact(pp[1].body, pp[0])
         if va is not None and vb is not None:
-            return any(_close(x, y, inexact) for x, y in _pct_variants(va, vb, g[2], p[2]))
+            return any(_close(x, y, inexact, lx, ly, self.digits)
+                       for x, y, lx, ly in _pct_variants(va, vb, g[2], p[2], lit_g, lit_p))
         if not self.use_sympy:
             return None
-        return _sympy_equal(pg[0], pp[0], inexact, g[2], p[2])
+        return _sympy_equal(pg[0], pp[0], inexact, (g[2], p[2]), (lit_g, lit_p), self.digits)
 
 
-def _pct_variants(a, b, pct_a: bool, pct_b: bool):
-    """25% matches 25 and 0.25: the marked side may be read either way."""
-    yield a, b
-    if pct_a and not pct_b:
-        yield a / 100, b
+_RX_DECIMAL = re.compile(r"[+-]?(\d*)\.(\d*)(?:\s*(?:[eE]|\\times\s*10\s*\^|\\cdot\s*10\s*\^)\s*\{?\s*([+-]?\d+)\s*\}?)?")
+
+
+def _decimal_literal(latex: str) -> tuple[int, int] | None:
+    """(decimal places, significant digits) of a plain number written with a decimal point,
+    else None: '0.333' -> (3, 3), '-2.50' -> (2, 3), '1.5e3' and '1.5\\times 10^3' -> (-2, 2)."""
+    m = _RX_DECIMAL.fullmatch(latex.strip())
+    if m is None or not (m.group(1) or m.group(2)):
+        return None
+    digits = (m.group(1) + m.group(2)).lstrip("0")
+    return len(m.group(2)) - int(m.group(3) or 0), max(len(digits), 1)
+
+
+def _pct_variants(a, b, pct_a: bool, pct_b: bool, lit_a, lit_b):
+    """(a, b, lit_a, lit_b) readings of a pair under the percent rule: a gold 25% matches
+    25%, 25 and 0.25; a prediction 25% against a gold without % is only 0.25 (so 5% != 5).
+    Dividing by 100 moves a decimal literal's places by two."""
+    def shifted(lit):
+        return None if lit is None else (lit[0] + 2, lit[1])
+
     if pct_b and not pct_a:
-        yield a, b / 100
+        yield a, b / 100, lit_a, shifted(lit_b)
+        return
+    yield a, b, lit_a, lit_b
+    if pct_a and not pct_b:
+        yield a / 100, b, shifted(lit_a), lit_b
 
 
-def _close(a: Fraction, b: Fraction, inexact: bool) -> bool:
-    if not inexact:
+def _rounds_to(exact, decimal, lit: tuple[int, int], digits: int) -> bool:
+    """The decimal rule: a number written with a decimal point equals a non-integer exact
+    value when it is that value rounded to the places written and has at least `digits`
+    significant digits (0.333333 == 1/3 at digits=6, 0.333 != 1/3). Works on Fractions
+    and on 60-digit sympy Floats alike."""
+    places, sig = lit
+    return sig >= digits and abs(exact - decimal) * 2 * Fraction(10) ** places <= 1
+
+
+def _close(a: Fraction, b: Fraction, inexact: bool, lit_a, lit_b, digits: int) -> bool:
+    """Exact values compare exactly; two decimals compare exactly; a decimal against a
+    non-integer exact value follows _rounds_to (integers must be met exactly: 1.23456789e11
+    != 123456789012); a decimal inside a larger expression (1.5\\pi) is within REL_TOL."""
+    if a == b or not inexact:
         return a == b
+    if lit_a is not None and lit_b is not None:
+        return False
+    if lit_a is not None or lit_b is not None:
+        exact, decimal, lit = (b, a, lit_a) if lit_a is not None else (a, b, lit_b)
+        return exact.denominator != 1 and _rounds_to(exact, decimal, lit, digits)
     return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
 
 
@@ -188,7 +226,7 @@ def _answer_of(text: str) -> str:
     return text
 
 
-def _judge(gold_ans: str, pred_ans: str, use_sympy: bool) -> bool | None:
+def _judge(gold_ans: str, pred_ans: str, use_sympy: bool, digits: int = DECIMAL_DIGITS) -> bool | None:
     """True/False, or None when only sympy can tell (and use_sympy is False)."""
     _guard_text(gold_ans)
     _guard_text(pred_ans)
@@ -199,7 +237,7 @@ def _judge(gold_ans: str, pred_ans: str, use_sympy: bool) -> bool | None:
         return False
     _guard_text(g)
     _guard_text(p)
-    return _Judge(use_sympy).same(_structure(g), _structure(p))
+    return _Judge(use_sympy, digits).same(_structure(g), _structure(p))
 
 
 # ----------------------------------------------------------------------------- sympy (worker side)
@@ -227,18 +265,23 @@ def _sympify(py: str):
                             transformations=sp["transformations"], evaluate=True)
 
 
-def _numbers_close(a, b, inexact: bool) -> bool:
-    """a, b: sympy numbers without free symbols."""
+def _numbers_close(a, b, inexact: bool, lit_a=None, lit_b=None, digits: int = DECIMAL_DIGITS) -> bool:
+    """a, b: sympy numbers without free symbols; lit_*: _decimal_literal of each side."""
     sympy = _sympy_ns()["sympy"]
     if a == b:
         return True
     if a.is_Rational and b.is_Rational:
-        return _close(Fraction(int(a.p), int(a.q)), Fraction(int(b.p), int(b.q)), inexact)
+        return _close(Fraction(int(a.p), int(a.q)), Fraction(int(b.p), int(b.q)), inexact, lit_a, lit_b, digits)
     bad = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
     if a in bad or b in bad or a.has(sympy.zoo, sympy.nan) or b.has(sympy.zoo, sympy.nan):
         return False
     av, bv = sympy.N(a, 60), sympy.N(b, 60)
     if not (av.is_number and bv.is_number) or av.has(sympy.zoo, sympy.nan) or bv.has(sympy.zoo, sympy.nan):
+        return False
+    if inexact and (lit_a is None) != (lit_b is None):  # a decimal against an irrational: the decimal rule
+        exact, decimal, lit = (bv, av, lit_a) if lit_a is not None else (av, bv, lit_b)
+        return bool(_rounds_to(Fraction(str(exact)), Fraction(str(decimal)), lit, digits))
+    if lit_a is not None and lit_b is not None:
         return False
     diff = sympy.Abs(av - bv)
     scale = sympy.Max(sympy.Abs(av), sympy.Abs(bv))
@@ -259,19 +302,14 @@ def _defined(v) -> bool:
     return v.is_number and not v.has(sympy.zoo, sympy.nan, sympy.oo)
 
 
-def _sympy_equal(py_a: str, py_b: str, inexact: bool, pct_a: bool, pct_b: bool) -> bool:
+def _sympy_equal(py_a: str, py_b: str, inexact: bool, pct: tuple[bool, bool], lits: tuple, digits: int) -> bool:
     a, b = _sympify(py_a), _sympify(py_b)
-    variants = [(a, b)]
-    if pct_a and not pct_b:
-        variants.append((a / 100, b))
-    if pct_b and not pct_a:
-        variants.append((a, b / 100))
-    for x, y in variants:
+    for x, y, lx, ly in _pct_variants(a, b, *pct, *lits):
         if x == y:
             return True
         symbols = x.free_symbols | y.free_symbols
         if not symbols:
-            if _numbers_close(x, y, inexact):
+            if _numbers_close(x, y, inexact, lx, ly, digits):
                 return True
             continue
         checked, ok = 0, True

@@ -51,6 +51,8 @@ def _exact_node(node: ast.AST, src: str) -> Fraction | None:
         e = b.numerator
         if a == 0 and e < 0:
             raise _Reject("division by zero")
+        if a == 0 and e == 0:
+            raise _Reject("0^0 is undefined")
         if a in (0, 1):
             return a
         if a == -1:

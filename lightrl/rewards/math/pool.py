@@ -39,7 +39,6 @@ class _Worker:
                                      bufsize=0, close_fds=True, start_new_session=True)
         self.poll = select.poll()  # not select(): a trainer may hold more than FD_SETSIZE descriptors
         self.poll.register(self.proc.stdout.fileno(), select.POLLIN)
-        self.ready = False
         self.buf = b""
 
     def _readline(self, deadline: float) -> bytes | None:
@@ -56,14 +55,18 @@ class _Worker:
         line, _, self.buf = self.buf.partition(b"\n")
         return line
 
-    def ask(self, gold: str, pred: str, timeout: float) -> dict:
-        if not self.ready:
+    def wait_ready(self) -> None:
+        """Block until the worker has imported sympy; RuntimeError when it does not."""
+        try:
             line = self._readline(time.monotonic() + WORKER_STARTUP_TIMEOUT)
-            if line is None:
-                raise RuntimeError(f"math verifier worker did not start within {WORKER_STARTUP_TIMEOUT}s "
-                                   f"({sys.executable}); check that sympy imports in a fresh interpreter")
-            self.ready = True
-        self.proc.stdin.write(json.dumps({"g": gold, "p": pred}).encode() + b"\n")
+        except EOFError:
+            line = None
+        if line is None:
+            raise RuntimeError(f"math verifier worker did not start within {WORKER_STARTUP_TIMEOUT}s "
+                               f"({sys.executable}); check that sympy imports in a fresh interpreter")
+
+    def ask(self, request: dict, timeout: float) -> dict:
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         line = self._readline(time.monotonic() + timeout)
         if line is None:
             raise _Timeout
@@ -82,55 +85,93 @@ class _Worker:
                 pass
 
 
+SPARE_WORKERS = 1  # kept ready beyond the requested size, so a killed worker's replacement never delays a caller
+
+
 class _Pool:
-    """Grow-only set of sympy workers shared by all threads of this process."""
+    """Grow-only set of sympy workers shared by all threads of this process.
+
+    Only workers that have finished starting are handed out. Starting and killing happen
+    on background threads, so a timed-out call returns at its deadline and the next
+    caller takes the spare instead of waiting for a fresh interpreter to import sympy.
+    """
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.idle: list[_Worker] = []
-        self.count = 0
+        self.idle: list[_Worker] = []  # ready, not in use
+        self.count = 0  # alive or starting, in use or not
         self.size = 0
+        self.start_error: str | None = None
+        self.all: set[_Worker] = set()  # every live process, for close()
 
     def ensure(self, n: int) -> None:
+        """Have n workers (plus the spare) running or starting."""
         with self.cond:
             self.size = max(self.size, n)
-            missing = self.size - self.count
-            self.count += missing
-        new: list[_Worker] = []
+            missing = self.size + SPARE_WORKERS - self.count
+            self.count += max(missing, 0)
+        for _ in range(missing):
+            threading.Thread(target=self._start, daemon=True, name="lightrl-verifier-start").start()
+
+    def _start(self) -> None:
+        w = None
         try:
-            for _ in range(missing):  # start now; they import sympy in parallel
-                new.append(_Worker())
-        finally:
+            w = _Worker()
             with self.cond:
-                self.count -= missing - len(new)
-                self.idle.extend(new)
+                self.all.add(w)
+            w.wait_ready()
+        except (OSError, RuntimeError) as exc:
+            if w is not None:
+                w.kill()
+            with self.cond:
+                self.all.discard(w)
+                self.count -= 1
+                self.start_error = str(exc)
                 self.cond.notify_all()
-
-    def acquire(self) -> _Worker:
+            return
         with self.cond:
-            while not self.idle:
-                self.cond.wait()
-            return self.idle.pop()
-
-    def release(self, w: _Worker, healthy: bool) -> None:
-        if not healthy:
-            w.kill()
-            _bump("n_worker_restarts")
-            try:
-                w = _Worker()
-            except BaseException:
-                with self.cond:
-                    self.count -= 1
-                    self.cond.notify()
-                raise
-        with self.cond:
+            self.start_error = None
             self.idle.append(w)
             self.cond.notify()
 
+    def acquire(self, deadline: float) -> _Worker:
+        """A ready worker; _Timeout when none is free by `deadline` (time.monotonic())."""
+        with self.cond:
+            while not self.idle:
+                if self.count == 0 and self.start_error:
+                    raise RuntimeError(self.start_error)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Timeout
+                self.cond.wait(left)
+            return self.idle.pop()
+
+    def wait_for_one(self, deadline: float) -> None:
+        """Wait (at most until `deadline`) until some worker is ready: a cold pool's start-up
+        is not charged to the batch deadline."""
+        with self.cond:
+            while not self.idle and time.monotonic() < deadline:
+                if self.count == 0 and self.start_error:
+                    raise RuntimeError(self.start_error)
+                self.cond.wait(max(0.0, deadline - time.monotonic()))
+
+    def release(self, w: _Worker, healthy: bool) -> None:
+        if healthy:
+            with self.cond:
+                self.idle.append(w)
+                self.cond.notify()
+            return
+        _bump("n_worker_restarts")
+        with self.cond:
+            self.count -= 1
+            self.all.discard(w)
+        threading.Thread(target=w.kill, daemon=True, name="lightrl-verifier-kill").start()
+        self.ensure(0)
+
     def close(self) -> None:
         with self.cond:
-            idle, self.idle, self.count, self.size = self.idle, [], 0, 0
-        for w in idle:
+            procs, self.all, self.idle, self.count, self.size = self.all, set(), [], 0, 0
+        for w in procs:
             w.kill()
 
 

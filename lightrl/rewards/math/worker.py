@@ -38,12 +38,19 @@ def main() -> None:
     os.dup2(devnull, 1)  # stray prints from libraries must not corrupt the protocol
     _sympy_ns()
     sys.setrecursionlimit(10_000)
+    try:
+        _serve(out)
+    except BrokenPipeError:  # the parent exited (or killed us) while we were busy: nothing to report to
+        os._exit(0)
+
+
+def _serve(out) -> None:
     out.write(b'{"ready": 1}\n')
     for line in sys.stdin.buffer:
         req = json.loads(line)
         err = None
         try:
-            ok = _judge(req["g"], req["p"], use_sympy=True) is True
+            ok = _judge(req["g"], req["p"], use_sympy=True, digits=req["d"]) is True
         except _Reject:
             ok = False
         except Exception as exc:  # noqa: BLE001 - any failure of sympy scores 0 and is counted

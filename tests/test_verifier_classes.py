@@ -1,0 +1,63 @@
+"""The ten classes of issue 15, each with its own true and false rows (gold, prediction, expected).
+
+The wrong-yes rows of class 9 and the decimal rule of class 7 are the documented decisions
+of lightrl/rewards/math/__init__.py. `python -m bench verifier` runs this table against
+math-verify too (bench/bench_verifier.py, the `classes` part).
+"""
+import pytest
+
+from lightrl.rewards.math import verify
+
+CLASSES = {
+    "7_decimals_for_exact_values": [
+        ("\\frac13", "0.333333", True), ("\\frac23", "0.666667", True), ("\\sqrt2", "1.41421", True),
+        ("\\pi", "3.14159", True), ("\\frac{1}{7}", "0.142857", True), ("e", "2.71828", True),
+        ("-\\frac13", "-0.333333", True), ("\\frac{1}{3}", "0.3333333333", True),
+        ("\\left(\\frac13, \\frac23\\right)", "(0.333333, 0.666667)", True),
+        ("\\{\\frac13, \\sqrt2\\}", "\\{1.41421, 0.333333\\}", True), ("[\\frac13, \\pi)", "[0.333333, 3.14159)", True),
+        ("\\frac{\\sqrt3}{2}", "0.866025", True), ("\\frac{1}{3}", "3.33333\\times 10^{-1}", True),
+        ("\\frac13", "0.333", False), ("\\frac23", "0.666666", False),  # truncated, not rounded
+        ("\\sqrt2", "1.414", False), ("\\pi", "3.14", False), ("\\pi", "3.14160", False),
+        ("\\left(\\frac13, \\frac23\\right)", "(0.333, 0.667)", False),
+        ("[\\frac13, \\pi)", "(0.333333, 3.14159)", False), ("\\frac13", "0.333334", False),
+        ("\\frac{1}{7}", "0.142858", False), ("\\{\\frac13, \\sqrt2\\}", "\\{1.414, 0.333\\}", False),
+        ("2", "1.99999999", False), ("\\frac{\\sqrt3}{2}", "0.8660", False),
+    ],
+    "9_wrong_yeses": [
+        ("101", "101_2", False), ("5", "101_2", True), ("101_2", "101", True), ("111", "111_2", False),
+        ("7", "111_{2}", True), ("5", "101_3", False), ("52_8", "42", False),
+        ("1099511627776", "1099511627000.0", False), ("1099511627776", "1099511627776.0", True),
+        ("123456789012", "1.23456789e11", False), ("123456789012", "1.23456789012e11", True),
+        ("123456789012", "1.23456789\\times 10^{11}", False), ("1000000007", "1000000007.5", False),
+        ("2", "2.000000001", False), ("10^{30}+1", "1.0e30", False), ("10^{30}", "1.0e30", True),
+        ("0", "0^0", False), ("1", "0^0", False), ("0", "0^5", True), ("1", "7^0", True),
+        ("5", "5\\%", False), ("5", "5 \\%", False), ("50", "50%", False), ("5", "5 percent", False),
+        ("0.05", "5\\%", True), ("5\\%", "5", True), ("5\\%", "0.05", True), ("5\\%", "5\\%", True),
+        ("5\\%", "6\\%", False),
+    ],
+}
+
+ROWS = [(cls, g, p, e) for cls, rows in CLASSES.items() for g, p, e in rows]
+
+
+def test_every_class_has_twenty_true_and_false_rows():
+    for cls, rows in CLASSES.items():
+        assert len(rows) >= 20, cls
+        assert sum(e for *_, e in rows) >= 5 and sum(not e for *_, e in rows) >= 5, cls
+
+
+@pytest.mark.parametrize("cls,gold,pred,expected", ROWS, ids=[f"{r[0][:2]}-{i}" for i, r in enumerate(ROWS)])
+def test_class_row(cls, gold, pred, expected):
+    assert verify(gold, pred) is expected
+
+
+def test_decimal_rule_is_configurable():
+    assert verify("\\frac13", "0.333", decimal_digits=3) is True
+    assert verify("\\pi", "3.14", decimal_digits=3) is True  # irrational: decided in a sympy worker
+    assert verify("\\frac13", "0.33", decimal_digits=3) is False  # two digits are fewer than three
+    assert verify("\\frac13", "0.334", decimal_digits=3) is False  # not 1/3 rounded
+    assert verify("\\frac13", "0.333333", decimal_digits=60) is False  # the rule effectively off
+    assert verify("\\sqrt2", "1.41421", decimal_digits=60) is False
+    assert verify("123456789012", "1.23456789e11", decimal_digits=1) is False  # integers stay exact
+    with pytest.raises(ValueError, match="decimal_digits=0"):
+        verify("1", "1", decimal_digits=0)
