@@ -56,7 +56,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from .compare import _answer_of, _judge
-from .extract import extract_answer, last_boxed
+from .extract import extract_answer, extract_answers, last_boxed
 from .limits import BATCH_TIMEOUT, CACHE_SIZE, DECIMAL_DIGITS, MAX_ANSWER_CHARS, WORKER_STARTUP_TIMEOUT, _ParseError, _Reject
 from .pool import _POOL, _Timeout, _bump, get_stats
 
@@ -82,13 +82,13 @@ def _remember(key: tuple[str, str, int], ok: bool) -> None:
 def _prepare(gold: str, prediction: str, digits: int) -> tuple[tuple[str, str, int] | None, bool | None]:
     """In-process part: (cache key, verdict); verdict None means 'ask a sympy worker'."""
     _bump("n_checked")
-    pred = extract_answer(prediction)
-    if pred is None:
-        pred = prediction.strip()
-        if not pred or len(pred) > MAX_ANSWER_CHARS:
-            _bump("n_no_answer")
-            return None, False
-    key = (_answer_of(gold).strip(), pred, digits)
+    parts = extract_answers(prediction)
+    if parts is None or any(len(x) > MAX_ANSWER_CHARS for x in parts):
+        _bump("n_no_answer")
+        return None, False
+    # several final boxes are one answer list: a set or tuple gold compares with all of
+    # them, a single gold only matches when every one of them is it (a hedge scores 0)
+    key = (_answer_of(gold), ", ".join(parts), digits)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:

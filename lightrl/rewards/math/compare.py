@@ -6,7 +6,7 @@ import re
 from fractions import Fraction
 
 from .exact import _exact
-from .extract import extract_answer
+from .extract import extract_answers
 from .latex import _PY_NAMES, _to_py
 from .limits import DECIMAL_DIGITS, EXACT_TOL, REL_TOL, _ParseError, _Reject
 from .normalize import _guard_text, _normalize, _text_key
@@ -51,6 +51,9 @@ class _Judge:
                 p = ("set", p[3])  # gold is an unordered list: (a, b) lists the same answers
             if kp == "set" and kg == "seq" and g[1] == "(" and g[2] == ")":  # gold is ordered: so is a, b
                 return len(g[3]) == len(p[1]) and self.all_of(self.same(a, b) for a, b in zip(g[3], p[1]))
+            if g[0] != "set" and p[0] == "set" and g[0] not in ("seq", "matrix"):
+                # one answer against several candidates (boxes, "3 or 4"): each must be it
+                return self.set_equal([g], p[1])
             if g[0] != "set" or p[0] != "set":
                 return False
             return self.set_equal(g[1], p[1])
@@ -221,9 +224,10 @@ def _unparse(x) -> str:
 
 
 def _answer_of(text: str) -> str:
-    if "\\boxed" in text or "\\fbox" in text or "####" in text:
-        return extract_answer(text) or text
-    return text
+    """A gold answer: a whole worked solution or a sentence gives its final answer the way a
+    prediction does (several final boxes joined by commas); a bare answer stays as it is."""
+    parts = extract_answers(text)
+    return ", ".join(parts) if parts else text.strip()
 
 
 def _judge(gold_ans: str, pred_ans: str, use_sympy: bool, digits: int = DECIMAL_DIGITS) -> bool | None:

@@ -24,65 +24,149 @@ def _brace_content(text: str, start: int, limit: int) -> str | None:
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} or \\fbox{...} (also `\\boxed 5`)."""
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+MAX_BOXES = 8  # boxes looked at, from the end: enough for any answer list, bounded for hostile text
+# What may stand between two boxes of one answer: "\boxed{1}, \boxed{2}", "x=\boxed{1} or x=\boxed{2}"
+_CONNECTIVE = re.compile(r"(?:[\s$,;&.]|\\[,;! ]|\\q?quad|\\[()\[\]]|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b"
+                         r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*", re.I)
+_PHRASE = re.compile(r"(?:final answer|the answer|^[\s*#>]*answer)(?: (?:to|for|of) [^\n]*?)?\s*(?:\bis\b|:|：|=)\s*:?\**",
+                     re.I | re.M)
+_SPAN = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?(?![\w])")
+_CUT = re.compile(r"\.(?:\s|$)|\s(?:because|since|as|which|so|where|for|when|if)\b")
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of the last complete boxes, in text order; a box inside a
+    later-found box is dropped (\\boxed{\\boxed{5}} is one box)."""
+    found: list[tuple[int, int, str]] = []
     pos = len(text)
-    for _ in range(5):  # bounded: a string of unclosed boxes must not cost O(n^2)
+    for _ in range(MAX_BOXES + 4):  # bounded: unclosed boxes must not cost O(n^2)
         i = max(text.rfind("\\boxed", 0, pos), text.rfind("\\fbox", 0, pos))
         if i < 0:
-            return None
-        j = i + (6 if text.startswith("\\boxed", i) else 5)
-        k = j
+            break
+        pos = i
+        m = _BOX.match(text, i)
+        if m is None:  # \boxedfoo
+            continue
+        k = m.end()
+        j = k
         while k < len(text) and text[k] == " ":
             k += 1
         if k < len(text) and text[k] == "{":
             content = _brace_content(text, k, 4 * MAX_ANSWER_CHARS)
-            if content is not None:
-                return content.strip()
+            if content is None:
+                continue
+            end = k + len(content) + 2
         elif k > j:
-            m = re.match(r"[^\s$]+", text[k:k + MAX_ANSWER_CHARS])
-            if m:
-                return m.group()
-        pos = i
-    return None
+            w = re.match(r"[^\s$]+", text[k:k + MAX_ANSWER_CHARS])
+            if not w:
+                continue
+            content, end = w.group(), k + w.end()
+        else:
+            continue
+        found = [b for b in found if not (i <= b[0] and b[1] <= end)]
+        found.insert(0, (i, end, content.strip()))
+        if len(found) == MAX_BOXES:
+            break
+    return found
 
 
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)(?: to [^\n]*?)?\s*(?:is|:|=)\s*:?\s*(.+)", re.I)
-_ANSWER_LINE = re.compile(r"^[\s*#>]*answer\s*[:：]\**\s*(.+)$", re.I | re.M)
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete \\boxed{...} or \\fbox{...} (also `\\boxed 5`)."""
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
 
 
 def _clean_phrase(ans: str) -> str:
-    """'$\\frac12$ because ...' -> '\\frac12'; 'x = 5.' -> 'x = 5'."""
+    """What follows "the answer is", up to its sentence's end: the last math span in it
+    ('$ABCD$ has side $12$' -> '12'; '$\\frac12$ because $2x=1$' -> '\\frac12'), else the text."""
     ans = ans.strip().strip("*").strip()
-    m = re.search(r"\$\$?(.+?)\$\$?|\\\((.+?)\\\)|\\\[(.+?)\\\]", ans)
-    if m:
-        return next(g for g in m.groups() if g is not None).strip()
-    ans = re.split(r"\.(?:\s|$)|\s(?:because|since|as|which|so|where|for)\b", ans, maxsplit=1)[0]
-    return ans.strip().rstrip(".").strip()
+    spans = list(_SPAN.finditer(ans))
+    blank = _blank_spans(ans, spans)
+    cut = _CUT.search(blank)
+    end = cut.start() if cut else len(ans)
+    inside = [m for m in spans if m.start() < end]
+    if inside:
+        return _span_text(inside[-1])
+    return ans[:end].strip().rstrip(".").strip()
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer in a response, or None.
+def _blank_spans(text: str, spans) -> str:
+    """text with every math span replaced by spaces (positions kept)."""
+    out, pos = [], 0
+    for m in spans:
+        out.append(text[pos:m.start()])
+        out.append(" " * (m.end() - m.start()))
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
 
-    Order: last \\boxed{}/\\fbox{} anywhere; else, in the tail of the text, the last
-    GSM8K `#### x`; else the last "the (final) answer is x" / "Answer: x".
+
+def _span_text(m: re.Match) -> str:
+    return next(g for g in m.groups() if g is not None).strip()
+
+
+def _is_prose(text: str) -> bool:
+    """Three or more words outside LaTeX commands and math: a sentence, not a bare answer."""
+    plain = _blank_spans(text, _SPAN.finditer(text))
+    plain = re.sub(r"\\[a-zA-Z]+(?:\s*\{[^{}]*\})?", " ", plain)
+    return len(_WORD.findall(plain)) >= 3
+
+
+def _last_token(text: str) -> str | None:
+    """The last math span or number of a text without an answer phrase."""
+    spans = list(_SPAN.finditer(text))
+    nums = list(_NUMBER.finditer(_blank_spans(text, spans)))
+    last_span, last_num = (spans[-1] if spans else None), (nums[-1] if nums else None)
+    if last_num is not None and (last_span is None or last_num.start() > last_span.start()):
+        return last_num.group().strip()
+    return _span_text(last_span) if last_span is not None else None
+
+
+def extract_answers(text: str) -> list[str] | None:
+    """The final answer of a response as a list of its parts, or None.
+
+    1. Boxes: the last \\boxed{}/\\fbox{} together with the boxes just before it that only
+       connectives separate ("\\boxed{1} and \\boxed{2}" -> ['1', '2']); an earlier box
+       followed by other text is superseded. A "the (final) answer is" after the last box
+       wins over the box.
+    2. Else, in the tail of the text, the last GSM8K `#### x`, else the last "the (final)
+       answer is x" / "Answer: x" (its last math span before the sentence ends).
+    3. Else a text with math delimiters or prose gives its last math span or number
+       ("Answer $9$", "\\[ 9 \\]", "... is 2/3."); anything else is taken as a bare answer.
     """
-    if not text:
+    if not text or not text.strip():
         return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    tail = text[-_TAIL:]
+    tail_start = max(0, len(text) - _TAIL)
+    tail = text[tail_start:]
+    boxes = _boxes(text)
+    phrase = None
+    for phrase in _PHRASE.finditer(tail):
+        pass
+    if boxes and (phrase is None or tail_start + phrase.start() < boxes[-1][1]):
+        group = [boxes[-1]]
+        for b in reversed(boxes[:-1]):
+            if not _CONNECTIVE.fullmatch(text, b[1], group[0][0]):
+                break
+            group.insert(0, b)
+        return [b[2] for b in group]
     i = tail.rfind("####")
     if i >= 0:
         ans = tail[i + 4:].strip().split("\n", 1)[0].strip()
-        return ans or None
-    best = None
-    for rx in (_ANSWER_IS, _ANSWER_LINE):
-        for m in rx.finditer(tail):
-            if best is None or m.start() > best.start():
-                best = m
-    if best is not None:
-        ans = _clean_phrase(best.group(1))
-        return ans or None
-    return None
+        return [ans] if ans else None
+    if phrase is not None:
+        ans = _clean_phrase(tail[phrase.end():].split("\n", 1)[0])
+        if ans:
+            return [ans]
+    if _SPAN.search(tail) or _is_prose(tail):
+        tok = _last_token(tail)
+        return [tok] if tok else None
+    return [text.strip()]
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in a response (the last of its parts, see extract_answers), or None."""
+    parts = extract_answers(text)
+    return parts[-1] if parts else None

@@ -70,7 +70,7 @@ def _structure(s: str):
     if m:
         rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
         return ("matrix", [[_structure(c) for c in r.split("&")] for r in rows])
-    choice = re.fullmatch(r"\(([A-Ea-e])\)(?:\s.*)?|([A-E])\)?", s, re.S)
+    choice = re.fullmatch(r"\(([A-Ea-e])\)(?:\s[^,()]*)?|([A-E])\)?", s, re.S)  # "(C) 12", not "(C), (D)"
     if choice:
         return ("choice", (choice.group(1) or choice.group(2)).upper())
     if _has_words(s):
