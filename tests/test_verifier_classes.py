@@ -8,6 +8,9 @@ import pytest
 
 from lightrl.rewards.math import verify
 
+P = "\\begin{pmatrix}%s\\end{pmatrix}"
+B = "\\begin{bmatrix}%s\\end{bmatrix}"
+
 CLASSES = {
     "1_answers_outside_boxes": [
         ("9", "Answer $9$", True), ("9", "Answer $8$", False), ("9", "We get \\[ 9 \\]", True),
@@ -40,6 +43,51 @@ CLASSES = {
         ("Final Answer: The final answer is 1,234. I hope it is correct.", "1234", True),
         ("Final Answer: The final answer is 1,234. I hope it is correct.", "1243", False),
     ],
+    "3_relations": [
+        ("x \\ge 3", "x \\geqslant 3", True), ("x \\ge 3", "x >= 3", True), ("x \\geq 3", "x \\ge 3", True),
+        ("x \\ge 3", "x > 3", False), ("x \\ne 3", "x != 3", True), ("x \\neq 3", "x \\ne 3", True),
+        ("x \\ne 3", "x \\ne 4", False), ("x > 3", "x \\gt 3", True), ("x < 1", "-x > -1", True),
+        ("x < 1", "-x < -1", False), ("x > 3", "2x > 6", True), ("x > 3", "2x \\ge 6", False),
+        ("x \\le -2", "3x + 1 \\le x - 3", True), ("(-\\infty, 1)", "-x > -1", True), ("[3, \\infty)", "2x \\ge 6", True),
+        ("(-\\infty, 3) \\cup (3, \\infty)", "x \\ne 3", True), ("x \\ne 3", "(-\\infty, 3) \\cup (3, \\infty)", True),
+        ("5", "x = 5", True), ("(3, 2)", "(p, q) = (3, 2)", True), ("(3, 2)", "(p, q) = (2, 3)", False),
+        ("p = 3, q = 2", "(p, q) = (3, 2)", True), ("p = 3, q = 2", "(q, p) = (2, 3)", True),
+        ("p = 3, q = 2", "(p, q) = (2, 3)", False), ("x = 5", "y = 5", False), ("AB = 4", "4", True),
+        ("4", "AB = 4", True), ("AB = 4", "AC = 4", False), ("2x + 1", "f(x) = 2x + 1", True),
+        ("f(x) = 2x + 1", "2x + 1", True), ("f(x) = 2x + 1", "2x - 1", False),
+        ("\\sqrt2", "x = \\sqrt2 \\approx 1.414", True), ("\\sqrt2", "\\approx 1.414", False),
+        ("\\frac{10}{3}", "x = \\frac{10}{3} \\approx 3.33", True), ("\\frac{10}{3}", "x \\approx 3.33", False),
+    ],
+    "4_matrices": [
+        (P % "1&2\\\\3&4", B % "1&2\\\\3&4", True), (P % "1&2\\\\3&4", B % "1&2\\\\4&3", False),
+        (P % "1&2\\\\3&4", "\\left[\\begin{array}{cc}1&2\\\\3&4\\end{array}\\right]", True),
+        (P % "1&2\\\\3&4", "\\left(\\begin{array}{cc}1 & 2\\\\ 3 & 4\\end{array}\\right)", True),
+        (P % "1&2\\\\3&4", "\\left[\\begin{array}{cc}1&2\\\\3&5\\end{array}\\right]", False),
+        (P % "1&2\\\\3&4", "\\begin{vmatrix}1&2\\\\3&4\\end{vmatrix}", False),
+        (P % "1\\\\2", "The vector is $\\begin{bmatrix}1\\\\2\\end{bmatrix}$.", True),
+        (P % "1\\\\2", "The vector is $\\begin{bmatrix}2\\\\1\\end{bmatrix}$.", False),
+        (P % "\\frac12&0\\\\0&1", "So $M = \\begin{pmatrix}0.5&0\\\\0&1\\end{pmatrix}$.", True),
+        (P % "2&2\\\\3&4", P % "1&2\\\\3&4" + " + " + P % "1&0\\\\0&0", True),
+        (P % "2&2\\\\3&4", P % "1&2\\\\3&4" + " + " + P % "0&0\\\\0&1", False),
+        (P % "0&2\\\\3&4", P % "1&2\\\\3&4" + " - " + P % "1&0\\\\0&0", True),
+        (P % "1&2\\\\3&4", P % "1&2\\\\3&4" + P % "1&0\\\\0&1", True),
+        (P % "2&1\\\\4&3", P % "1&2\\\\3&4" + P % "0&1\\\\1&0", True),
+        (P % "1&2\\\\3&4", P % "1&2\\\\3&4" + P % "0&1\\\\1&0", False),
+        (P % "2&1\\\\4&3", P % "1&2\\\\3&4" + " \\cdot " + P % "0&1\\\\1&0", True),
+        (P % "5\\\\11", P % "1&2\\\\3&4" + P % "1\\\\2", True), (P % "5\\\\10", P % "1&2\\\\3&4" + P % "1\\\\2", False),
+        (P % "1&2\\\\3&4", P % "1&2" + P % "1&2\\\\3&4", False),  # shapes do not multiply
+        (P % "-2\\\\-14\\\\-7", "(-2,-14,-7)", True), (P % "-2\\\\-14\\\\-7", "(-2,-7,-14)", False),
+        (P % "1&2\\\\3&4", P % "1&2\\\\3&4", True),
+    ],
+    "5_numbers_in_prose": [
+        ("1000.99", "1000,99", True), ("2.74", "2,74", True), ("2.74", "2,75", False), ("1000.5", "1.000,5", True),
+        ("1000", "1,000", True), ("1.000", "1,000", False), ("12000023", "12 000 023", True),
+        ("5", "€5", True), ("5", "5 €", True), ("5", "£5", True), ("5", "€6", False), ("5", "It costs $5.", True),
+        ("5", "It costs $6.", False), ("5", "5 m²", True), ("5", "5 m^2", True), ("5", "6 m²", False),
+        ("5", "5 euros", True), ("10", "10 m/s", True), ("5\\%", "5 pct", True), ("5\\%", "5 percent", True),
+        ("5\\%", "5 percentage points", True), ("5\\%", "6 percent", False), ("5", "5\\text{ percent}", False),
+        ("0.05", "5\\text{ percent}", True), ("\\{1, 2\\}", "1,2", True), ("120", "5!", True),
+    ],
     "6_several_boxes": [
         ("1, 2", "\\boxed{1}, \\boxed{2}", True), ("1, 2", "\\boxed{2} and \\boxed{1}", True),
         ("(1,2)", "\\boxed{1}, \\boxed{2}", True), ("(1,2)", "\\boxed{2}, \\boxed{1}", False),
@@ -66,6 +114,15 @@ CLASSES = {
         ("[\\frac13, \\pi)", "(0.333333, 3.14159)", False), ("\\frac13", "0.333334", False),
         ("\\frac{1}{7}", "0.142858", False), ("\\{\\frac13, \\sqrt2\\}", "\\{1.414, 0.333\\}", False),
         ("2", "1.99999999", False), ("\\frac{\\sqrt3}{2}", "0.8660", False),
+    ],
+    "8_sets_vs_tuples": [
+        ("(1, 2)", "\\{1, 2\\}", False), ("\\{1, 2\\}", "(1, 2)", False), ("\\{1, 2\\}", "\\{2, 1\\}", True),
+        ("(1, 2)", "(1, 2)", True), ("(1, 2)", "(2, 1)", False), ("\\{1, 2\\}", "1, 2", True), ("(1, 2)", "1, 2", True),
+        ("(1, 2)", "2, 1", False), ("1, 2", "\\{2, 1\\}", True), ("1, 2", "(1, 2)", True), ("(1, 2)", "[1, 2]", False),
+        ("[1, 2]", "[1, 2)", False), ("[1, 2)", "[1, 2)", True), ("(1, 2]", "(1, 2)", False),
+        ("\\{1, 2, 3\\}", "(1, 2, 3)", False), ("\\{5\\}", "5", True), ("(3, 4)", "\\{3, 4\\}", False),
+        ("\\{(1, 2), (3, 4)\\}", "\\{(3, 4), (1, 2)\\}", True), ("\\{(1, 2), (3, 4)\\}", "\\{(2, 1), (3, 4)\\}", False),
+        ("(1, 2) \\cup (3, 4)", "(3, 4) \\cup (1, 2)", True), ("[1, 2]", "\\{1, 2\\}", False),
     ],
     "9_wrong_yeses": [
         ("101", "101_2", False), ("5", "101_2", True), ("101_2", "101", True), ("111", "111_2", False),

@@ -82,8 +82,8 @@ def _remember(key: tuple[str, str, int], ok: bool) -> None:
 def _prepare(gold: str, prediction: str, digits: int) -> tuple[tuple[str, str, int] | None, bool | None]:
     """In-process part: (cache key, verdict); verdict None means 'ask a sympy worker'."""
     _bump("n_checked")
-    parts = extract_answers(prediction)
-    if parts is None or any(len(x) > MAX_ANSWER_CHARS for x in parts):
+    parts = extract_answers(prediction) or [prediction.strip()]  # nothing found: a bare answer
+    if not parts[0] or any(len(x) > MAX_ANSWER_CHARS for x in parts):
         _bump("n_no_answer")
         return None, False
     # several final boxes are one answer list: a set or tuple gold compares with all of

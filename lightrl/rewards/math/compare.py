@@ -9,8 +9,8 @@ from .exact import _exact
 from .extract import extract_answers
 from .latex import _PY_NAMES, _to_py
 from .limits import DECIMAL_DIGITS, EXACT_TOL, REL_TOL, _ParseError, _Reject
-from .normalize import _guard_text, _normalize, _text_key
-from .structure import _RX_VARIABLE, _structure
+from .normalize import _guard_text, _normalize, _text_key, decimal_comma
+from .structure import _RX_LABEL, _RX_VARIABLE, _structure
 
 class _Judge:
     """Compares two structures. Without sympy, undecidable leaves give None."""
@@ -28,8 +28,8 @@ class _Judge:
         return self._py[latex]
 
     def same(self, g, p):
-        g = ("set", g[1]) if g[0] == "pm" else g
-        p = ("set", p[1]) if p[0] == "pm" else p
+        g = ("set", g[1], False) if g[0] == "pm" else g
+        p = ("set", p[1], False) if p[0] == "pm" else p
         kg, kp = g[0], p[0]
         if kg == "choice":
             return (kp == "choice" and p[1] == g[1] or kp == "text" and p[1] == g[1].lower()
@@ -47,9 +47,11 @@ class _Judge:
         if kg == "eq" or kp == "eq":
             return self.equation(g, p)
         if kg == "set" or kp == "set":
-            if kg == "set" and kp == "seq" and p[1] == "(" and p[2] == ")":
-                p = ("set", p[3])  # gold is an unordered list: (a, b) lists the same answers
+            if kg == "set" and not g[2] and kp == "seq" and p[1] == "(" and p[2] == ")":
+                p = ("set", p[3], False)  # gold is a bare unordered list: (a, b) lists the same answers
             if kp == "set" and kg == "seq" and g[1] == "(" and g[2] == ")":  # gold is ordered: so is a, b
+                if p[2]:
+                    return False  # but \\{a, b\\} is a set, never a tuple
                 return len(g[3]) == len(p[1]) and self.all_of(self.same(a, b) for a, b in zip(g[3], p[1]))
             if g[0] != "set" and p[0] == "set" and g[0] not in ("seq", "matrix"):
                 # one answer against several candidates (boxes, "3 or 4"): each must be it
@@ -124,15 +126,33 @@ class _Judge:
         return v is not None and g[0] == "leaf" and self.leaf(g, ("leaf", str(v), False))
 
     def equation(self, g, p):
-        def simple_lhs(x):
-            return x[0] == "eq" and x[1][0] == "leaf" and bool(_RX_VARIABLE.fullmatch(x[1][1]))
+        """Labelled answers (x = 5, f(x) = 2x, AB = 4, (p, q) = (3, 2)) compare by value
+        against an unlabelled answer and by label and value against a labelled one; other
+        equations are the same when one is a nonzero multiple of the other."""
+        def labelled(x):
+            return x[0] == "eq" and x[1][0] == "leaf" and bool(_RX_LABEL.fullmatch(x[1][1].replace(" ", "")))
 
+        def tuple_labelled(x):
+            return (x[0] == "eq" and x[1][0] == "seq" and x[2][0] == "seq" and len(x[1][3]) == len(x[2][3])
+                    and all(e[0] == "leaf" and _RX_LABEL.fullmatch(e[1].replace(" ", "")) for e in x[1][3]))
+
+        def expand(x):  # (p, q) = (3, 2) -> p = 3, q = 2
+            return ("set", [("eq", a, b) for a, b in zip(x[1][3], x[2][3])], False) if tuple_labelled(x) else x
+
+        def eqs(x):
+            return tuple_labelled(x) or x[0] == "set" and all(e[0] == "eq" for e in x[1])
+
+        if (tuple_labelled(g) or tuple_labelled(p)) and eqs(g) and eqs(p):
+            return self.same(expand(g), expand(p))
         if g[0] == "eq" and p[0] != "eq":
-            return self.same(g[2], p) if simple_lhs(g) else False
+            return self.same(g[2], p) if labelled(g) or tuple_labelled(g) else False
         if p[0] == "eq" and g[0] != "eq":
-            return self.same(g, p[2]) if simple_lhs(p) else False
-        if simple_lhs(g) and simple_lhs(p) and g[1][1].replace(" ", "") == p[1][1].replace(" ", ""):
-            return self.same(g[2], p[2])
+            return self.same(g, p[2]) if labelled(p) or tuple_labelled(p) else False
+        if labelled(g) and labelled(p):
+            if g[1][1].replace(" ", "") == p[1][1].replace(" ", ""):
+                return self.same(g[2], p[2])
+            if not (_has_letters(g[2]) or _has_letters(p[2])):
+                return False  # x = 5 is not y = 5
         if not all(x[0] == "leaf" for x in (g[1], g[2], p[1], p[2])):
             return False
         if not self.use_sympy:
@@ -208,6 +228,10 @@ def _close(a: Fraction, b: Fraction, inexact: bool, lit_a, lit_b, digits: int) -
     return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
 
 
+def _has_letters(x) -> bool:
+    return bool(re.search(r"[a-zA-Z]", _unparse(x)))
+
+
 def _unparse(x) -> str:
     kind = x[0]
     if kind in ("text", "choice", "leaf"):
@@ -241,7 +265,10 @@ def _judge(gold_ans: str, pred_ans: str, use_sympy: bool, digits: int = DECIMAL_
         return False
     _guard_text(g)
     _guard_text(p)
-    return _Judge(use_sympy, digits).same(_structure(g), _structure(p))
+    gs = _structure(g)
+    if gs[0] == "leaf" and decimal_comma(p):  # one number asked for: 2,74 is 2.74, not a list
+        p = decimal_comma(p)
+    return _Judge(use_sympy, digits).same(gs, _structure(p))
 
 
 # ----------------------------------------------------------------------------- sympy (worker side)

@@ -109,10 +109,10 @@ def _span_text(m: re.Match) -> str:
 
 
 def _is_prose(text: str) -> bool:
-    """Three or more words outside LaTeX commands and math: a sentence, not a bare answer."""
+    """Two or more words outside LaTeX commands and math: a sentence, not a bare answer."""
     plain = _blank_spans(text, _SPAN.finditer(text))
     plain = re.sub(r"\\[a-zA-Z]+(?:\s*\{[^{}]*\})?", " ", plain)
-    return len(_WORD.findall(plain)) >= 3
+    return len(_WORD.findall(plain)) >= 2
 
 
 def _last_token(text: str) -> str | None:
@@ -135,7 +135,8 @@ def extract_answers(text: str) -> list[str] | None:
     2. Else, in the tail of the text, the last GSM8K `#### x`, else the last "the (final)
        answer is x" / "Answer: x" (its last math span before the sentence ends).
     3. Else a text with math delimiters or prose gives its last math span or number
-       ("Answer $9$", "\\[ 9 \\]", "... is 2/3."); anything else is taken as a bare answer.
+       ("Answer $9$", "\\[ 9 \\]", "... is 2/3.").
+    None when nothing is found: the caller then takes the whole text as a bare answer.
     """
     if not text or not text.strip():
         return None
@@ -163,7 +164,7 @@ def extract_answers(text: str) -> list[str] | None:
     if _SPAN.search(tail) or _is_prose(tail):
         tok = _last_token(tail)
         return [tok] if tok else None
-    return [text.strip()]
+    return None
 
 
 def extract_answer(text: str) -> str | None:

@@ -8,13 +8,20 @@ from .limits import MAX_ANSWER_CHARS, MAX_DEPTH, MAX_LITERAL_DIGITS, _ParseError
 
 _UNICODE = {"−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "÷": "/", "π": "\\pi ", "∞": "\\infty ",
             "√": "\\sqrt", "≤": "\\le ", "≥": "\\ge ", "±": "\\pm ", "∪": "\\cup ", "°": "", "％": "%",
-            "²": "^2", "³": "^3"}
+            "²": "^2", "³": "^3", "≠": "\\ne ", "≈": "\\approx ", "€": "", "£": "", "¥": "", "₹": ""}
+# one spelling per relation: \geqslant, \geq, >= are \ge; \neq, != are \ne; \gt is >
+_RELATIONS = [(re.compile(r"\\(?:geqslant|geq|ge)(?![a-zA-Z])|>="), "\\ge "),
+              (re.compile(r"\\(?:leqslant|leq|le)(?![a-zA-Z])|<="), "\\le "),
+              (re.compile(r"\\(?:neq|ne)(?![a-zA-Z])|(?<![\d)}])!="), "\\ne "),
+              (re.compile(r"\\gt(?![a-zA-Z])"), ">"), (re.compile(r"\\lt(?![a-zA-Z])"), "<")]
+_PERCENT_WORDS = re.compile(r"\s*\b(?:per\s?cent(?:age)?|percentage|pct)(?:\s+points?)?\b\.?", re.I)
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|hbox|mathrm|mathbf|mathit|"
                        r"mathsf|operatorname)\s*\{")
 _UNIT_WORDS = (r"units?|cm|mm|km|meters?|metres?|centimeters?|kilometers?|inches|inch|feet|foot|ft|yards?|"
                r"miles?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|dollars?|cents?|"
                r"degrees?|radians?|mph|kg|grams?|pounds?|lbs?|ounces?|oz|liters?|litres?|gallons?|"
-               r"people|students|cups?|pieces?|points?|ways|sq|square|cubic")
+               r"people|students|cups?|pieces?|points?|ways|sq|square|cubic|euros?|usd|eur|"
+               r"m/s|km/h|kph|m|s|g|h|l|ml")
 _TRAILING_UNITS = re.compile(r"(?<=[\d}).\s])(?:\s*(?:%s)\b\.?(?:\^\{?[23]\}?)?)+\s*$" % _UNIT_WORDS, re.I)
 _FUNC_WORDS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan",
                "sinh", "cosh", "tanh", "log", "ln", "exp", "pi", "infty"}
@@ -34,7 +41,10 @@ def _replace_text_groups(s: str) -> tuple[str, str]:
         without.append(s[pos:m.start()])
         inlined.append(s[pos:m.start()])
         word = content.strip()
-        if word.lower() in ("or", "and", ","):
+        if _PERCENT_WORDS.fullmatch(word):  # 5\text{ percent} is 5%, not 5
+            without.append("%")
+            inlined.append("%")
+        elif word.lower() in ("or", "and", ","):
             without.append(",")
             inlined.append(",")
         elif re.fullmatch(r"\([A-Ea-e]\)", word):  # \textbf{(C)} 12: the choice letter is the answer
@@ -65,6 +75,9 @@ def _normalize(s: str) -> str:
     s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
     s = re.sub(r"\{([^{}]*)\\over(?![a-zA-Z])([^{}]*)\}", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\(?:left|right)\s*\.", "", s)
+    s = re.sub(r"\\(?:euro|pounds|textdollar|textsterling|texteuro)(?![a-zA-Z])", "", s)
+    for rx, canonical in _RELATIONS:
+        s = rx.sub(lambda _m, c=canonical: c, s)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", "", s)
     s = s.replace("\\\\", "\0")  # protect matrix row breaks from the spacing rules below
     s = re.sub(r",\\!\s*", ",", s).replace("{,}", ",")
@@ -78,20 +91,41 @@ def _normalize(s: str) -> str:
     s = re.sub(r"^\s*\\mathbb\s*\{?R\}?\s*$", "(-\\\\infty,\\\\infty)", s)
     without, inlined = _replace_text_groups(s)
     s = without if re.search(r"[0-9A-Za-z\\]", without) else inlined
-    s = re.sub(r"\bpercent\b", "%", s)
+    s = _PERCENT_WORDS.sub("%", s)
+    s = _exact_part(s)
     s = re.sub(r"(?i)^\s*(?:[a-z]\s*\\in|[a-z]\s*∈)\s*", "", s)
     s = re.sub(r"(?i)\b(?:or|and)\b", ",", s)
     s = _TRAILING_UNITS.sub("", s)
     s = s.strip().rstrip(".").strip()
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
-        s = s.replace(",", "")
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):
+        s = s.replace(",", "").replace(" ", "")
     s = re.sub(r"\s+", " ", s)
     while len(s) >= 2 and s[0] == "{" and _brace_content(s, 0, len(s)) == s[1:-1]:
         s = s[1:-1].strip()
     return s
 
 
+def _exact_part(s: str) -> str:
+    """x = \\sqrt2 \\approx 1.414 -> x = \\sqrt2: an \\approx chain states the exact value first."""
+    if "\\approx" not in s:
+        return s
+    parts = [p.strip() for p in re.split(r"\\approx(?![a-zA-Z])", s)]
+    return next((p for p in parts if p), s)
+
+
+def decimal_comma(s: str) -> str | None:
+    """'1000,99' -> '1000.99', '2,74' -> '2.74', '1.000,5' -> '1000.5'; None when the comma is
+    not unambiguously decimal (three digits after it are thousands: '1,000')."""
+    m = re.fullmatch(r"(-?\d+),(\d{1,2}|\d{4,})|(-?\d{1,3}(?:\.\d{3})+),(\d+)", s)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        return f"{m.group(1)}.{m.group(2)}"
+    return f"{m.group(3).replace('.', '')}.{m.group(4)}"
+
+
 def _has_words(s: str) -> bool:
+    s = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}", " ", s)  # M = \\begin{pmatrix}..: no words
     for w in re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", s):
         if w.lower() not in _FUNC_WORDS:
             return True
