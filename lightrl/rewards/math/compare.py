@@ -56,6 +56,8 @@ class _Judge:
             if g[0] != "set" and p[0] == "set" and g[0] not in ("seq", "matrix"):
                 # one answer against several candidates (boxes, "3 or 4"): each must be it
                 return self.set_equal([g], p[1])
+            if p[0] != "set" and g[0] == "set" and p[0] not in ("seq", "matrix"):
+                return self.set_equal(g[1], [p])  # a gold stating one value twice (15 39/40 or 639/40)
             if g[0] != "set" or p[0] != "set":
                 return False
             return self.set_equal(g[1], p[1])
