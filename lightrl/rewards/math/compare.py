@@ -5,7 +5,7 @@ import random
 import re
 from fractions import Fraction
 
-from .exact import _exact
+from .exact import _exact, numeric
 from .extract import extract_answers
 from .latex import _PY_NAMES, _to_py
 from .limits import DECIMAL_DIGITS, EXACT_TOL, REL_TOL, _ParseError, _Reject
@@ -174,9 +174,34 @@ class _Judge:
         if va is not None and vb is not None:
             return any(_close(x, y, inexact, lx, ly, self.digits)
                        for x, y, lx, ly in _pct_variants(va, vb, g[2], p[2], lit_g, lit_p))
+        if not inexact:
+            verdict = _numeric_same(pg, pp, g[2], p[2])
+            if verdict is not None:
+                return verdict
         if not self.use_sympy:
             return None
         return _sympy_equal(pg[0], pp[0], inexact, (g[2], p[2]), (lit_g, lit_p), self.digits)
+
+
+def _numeric_same(pg, pp, pct_g: bool, pct_p: bool) -> bool | None:
+    """Two symbol-free constants compared at 60 digits in-process, as a sympy worker would:
+    equal within EXACT_TOL (1e-40 relative), different beyond 1e-20, else None (sympy
+    decides). None too when an intermediate is 10^15 times the result, since 15 of the
+    60 digits may have cancelled (10^{50} + \\sqrt2 - 10^{50})."""
+    a, b = numeric(pg[1].body, pg[0]), numeric(pp[1].body, pp[0])
+    if a is None or b is None:
+        return None
+    verdicts = set()
+    for x, y, _, _ in _pct_variants(a[0], b[0], pct_g, pct_p, None, None):
+        scale = max(abs(x), abs(y))
+        if scale == 0:
+            verdicts.add(True)
+            continue
+        if max(a[1], b[1]) > 1e15 * scale:
+            return None
+        diff = abs(x - y)
+        verdicts.add(True if diff <= EXACT_TOL * scale else False if diff > 1e-20 * scale else None)
+    return True if True in verdicts else (False if verdicts == {False} else None)
 
 
 _RX_DECIMAL = re.compile(r"[+-]?(\d*)\.(\d*)(?:\s*(?:[eE]|\\times\s*10\s*\^|\\cdot\s*10\s*\^)\s*\{?\s*([+-]?\d+)\s*\}?)?")

@@ -152,3 +152,131 @@ def _guard_sizes(node: ast.AST, src: str, power: Fraction = Fraction(1)) -> None
                 raise _Reject("factorial too large")
     for child in ast.iter_child_nodes(node):
         _guard_sizes(child, src, power)
+
+
+# ----------------------------------------------------------------------------- 60-digit numbers
+
+_MP: list = []  # the mpmath context, made on first use (mpmath comes with sympy)
+_NUMERIC_DIGITS = 60
+_MAX_ARG = 1e6  # trig of larger arguments needs argument reduction costing time we cannot bound here
+
+
+def _ctx():
+    if not _MP:
+        from mpmath.ctx_mp import MPContext
+
+        ctx = MPContext()
+        ctx.dps = _NUMERIC_DIGITS
+        _MP.append(ctx)
+    return _MP[0]
+
+
+class _Unknown(Exception):
+    """Not a real constant this evaluator can bound: leave it to sympy."""
+
+
+def numeric(node: ast.AST, src: str):
+    """(value, largest intermediate magnitude) of a symbol-free real constant expression
+    (radicals, pi, e, logs, trig, ...) at 60 significant digits, or None when it has symbols,
+    i, infinity, a decimal, a non-real or undefined step, or needs more work than a fixed
+    small bound (exponents, factorials and trig arguments are capped). Never slow: every
+    step is checked before it is taken, so it runs in-process without a time limit."""
+    ctx = _ctx()
+    peak = [ctx.mpf(0)]
+    try:
+        v = _num(node, src, ctx, peak)
+    except (_Unknown, ZeroDivisionError, ValueError, OverflowError):
+        return None
+    return v, peak[0]
+
+
+def _num(node, src, ctx, peak):
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, float):
+            raise _Unknown  # decimals follow the decimal rule, decided exactly elsewhere
+        v = ctx.mpf(node.value)
+    elif isinstance(node, ast.UnaryOp):
+        v = _num(node.operand, src, ctx, peak)
+        v = -v if isinstance(node.op, ast.USub) else v
+    elif isinstance(node, ast.BinOp):
+        a, b = _num(node.left, src, ctx, peak), _num(node.right, src, ctx, peak)
+        if isinstance(node.op, ast.Add):
+            v = a + b
+        elif isinstance(node.op, ast.Sub):
+            v = a - b
+        elif isinstance(node.op, ast.Mult):
+            v = a * b
+        elif isinstance(node.op, ast.Div):
+            if b == 0:
+                raise _Unknown
+            v = a / b
+        else:
+            v = _num_pow(a, b, ctx)
+    elif isinstance(node, ast.Name):
+        if node.id == "pi":
+            v = +ctx.pi
+        elif node.id == "E":
+            v = +ctx.e
+        else:
+            raise _Unknown  # symbols, I, oo
+    elif isinstance(node, ast.Call):
+        v = _num_call(node.func.id, [_num(a, src, ctx, peak) for a in node.args], ctx)
+    else:
+        raise _Unknown
+    if not ctx.isfinite(v) or isinstance(v, ctx.mpc):
+        raise _Unknown
+    peak[0] = max(peak[0], abs(v))
+    return v
+
+
+def _num_pow(a, b, ctx):
+    if a == 0:
+        if b > 0:
+            return ctx.mpf(0)
+        raise _Unknown
+    if a < 0 and not ctx.isint(b):
+        raise _Unknown
+    if abs(b * ctx.log(abs(a))) > 2000:
+        raise _Unknown
+    v = ctx.power(a, b)
+    if isinstance(v, ctx.mpc):
+        raise _Unknown
+    return v
+
+
+def _num_call(name: str, args: list, ctx):
+    x = args[0] if args else None
+    if name == "sqrt" and x >= 0:
+        return ctx.sqrt(x)
+    if name == "real_root" and len(args) == 2 and ctx.isint(args[1]) and 1 <= args[1] <= 64:
+        n = int(args[1])
+        if x >= 0:
+            return ctx.root(x, n)
+        if n % 2:
+            return -ctx.root(-x, n)
+        raise _Unknown
+    if name == "Abs":
+        return abs(x)
+    if name in ("log",) and x > 0:
+        if len(args) == 2:
+            if args[1] <= 0 or args[1] == 1:
+                raise _Unknown
+            return ctx.log(x) / ctx.log(args[1])
+        return ctx.log(x)
+    if name == "exp" and abs(x) < 2000:
+        return ctx.exp(x)
+    if name in ("sinh", "cosh", "tanh") and abs(x) < 2000:
+        return getattr(ctx, name)(x)
+    if name in ("sin", "cos", "tan", "cot", "sec", "csc") and abs(x) < _MAX_ARG:
+        return getattr(ctx, name)(x)
+    if name in ("asin", "acos") and abs(x) <= 1:
+        return getattr(ctx, name)(x)
+    if name in ("asec", "acsc") and abs(x) >= 1:
+        return getattr(ctx, name)(x)
+    if name in ("atan", "acot"):
+        return getattr(ctx, name)(x)
+    if name == "factorial" and ctx.isint(x) and 0 <= x <= 1000:
+        return ctx.factorial(x)
+    if name == "binomial" and len(args) == 2 and all(ctx.isint(a) for a in args) and 0 <= x <= 10_000:
+        return ctx.binomial(x, args[1])
+    raise _Unknown  # floor/ceiling jump at integers, where 60 digits cannot tell the side
