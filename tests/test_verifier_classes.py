@@ -140,6 +140,37 @@ CLASSES = {
 
 ROWS = [(cls, g, p, e) for cls, rows in CLASSES.items() for g, p, e in rows]
 
+# Written before the verifier ever saw them, as a check of the table above (58 of 60 were
+# right at once); kept as regression rows. KNOWN_MISSES are the two it still gets wrong.
+HELDOUT = [
+ ("$\\frac{1}{2}$", "The answer is 0.5", True), ("\\{1,2\\}", "$\\boxed{\\{2,1\\}}$", True),
+ ("2^{1/2}", "$\\sqrt{2}$", True), ("1000", "We get $1,000$ total.", True), ("(1,2)", "The point is $(1, 2)$.", True),
+ ("[1,2)", "so $x \\in [1, 2)$", True), ("5", "Therefore $x = 5$.", True), ("\\infty", "the limit is $\\infty$", True),
+ ("\\frac{\\sqrt{3}}{2}", "$\\frac{1}{2}\\sqrt{3}$", True), ("10", "$10\\text{ cm}$", True), ("A", "$\\text{A}$", True),
+ ("2\\pi", "The circumference is $2\\pi$.", True), ("3", "$\\log_2 8$", True), ("-1", "$e^{i\\pi}$", True),
+ ("\\frac{3}{4}", "**Final Answer:** $\\frac{3}{4}$", True), ("12", "**Answer:** 12", True),
+ ("7", "The final answer is $\\boxed{7}$. I hope it is correct.", True), ("7", "The final answer is $\\boxed{8}$.", False),
+ ("x^2+2x+1", "$(x+1)^2$", True), ("x^2+2x+1", "$(x+1)^3$", False), ("\\frac{1}{3}", "$0.\\overline{3}$", True),
+ ("(-\\infty, 0) \\cup (0, \\infty)", "$x \\neq 0$", True), ("[2, 5]", "$2 \\leq x \\leq 5$", True),
+ ("[2, 5]", "$2 < x \\leq 5$", False), ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "$\\begin{pmatrix}1\\\\2\\end{pmatrix}$", True),
+ ("120", "$5!$", True), ("10", "$\\binom{5}{2}$", True), ("\\frac{\\pi}{4}", "$45^\\circ$", False),
+ ("\\text{(B)}", "The correct option is (B).", True), ("\\text{(B)}", "The correct option is (C).", False),
+ ("3", "There are three ways.", False), ("1/2", "\\boxed{\\dfrac12}", True), ("0.25", "\\boxed{\\frac{1}{4}}", True),
+ ("-3", "$$x = -3$$", True), ("4", "x = 2 or x = 4, so the larger is $4$.", True), ("4", "$2^2$", True),
+ ("6", "$3!$", True), ("\\sqrt{8}", "$2\\sqrt{2}$", True), ("\\sqrt{8}", "$3\\sqrt{2}$", False),
+ ("1.5", "\\boxed{\\frac{3}{2}}", True), ("150", "\\$150", True), ("150", "150 dollars", True),
+ ("\\{-2, 2\\}", "$x = \\pm 2$", True), ("\\{-2, 2\\}", "$x = 2$", False), ("y = 3x - 1", "$y=3x-1$", True),
+ ("y = 3x - 1", "$3x - y = 1$", True), ("y = 3x - 1", "$y = 3x + 1$", False), ("2", "$\\sqrt{4}$", True),
+ ("e", "$\\lim_{n\\to\\infty}(1+1/n)^n$", True), ("0", "$\\sin(\\pi)$", True), ("1", "$\\cos(0)$", True),
+ ("\\frac{5}{2}", "2.5", True), ("\\frac{5}{3}", "1.67", False), ("20\\%", "20", True), ("0.2", "20\\%", True),
+ ("3", "The answer: 3", True), ("9", "So, the result is \\(9\\).", True), ("(3, -1)", "$(x, y) = (3, -1)$", True),
+ ("(3, -1)", "$(x, y) = (-1, 3)$", False), ("x=3, y=-1", "$x = 3$ and $y = -1$", True),
+]
+KNOWN_MISSES = {
+    ("e", "$\\lim_{n\\to\\infty}(1+1/n)^n$"): "limits are not evaluated",
+    ("x=3, y=-1", "$x = 3$ and $y = -1$"): "without boxes only the last math span is the answer",
+}
+
 
 def test_every_class_has_twenty_true_and_false_rows():
     for cls, rows in CLASSES.items():
@@ -162,3 +193,11 @@ def test_decimal_rule_is_configurable():
     assert verify("123456789012", "1.23456789e11", decimal_digits=1) is False  # integers stay exact
     with pytest.raises(ValueError, match="decimal_digits=0"):
         verify("1", "1", decimal_digits=0)
+
+
+@pytest.mark.parametrize("gold,pred,expected", HELDOUT, ids=[f"heldout-{i}" for i in range(len(HELDOUT))])
+def test_heldout_row(gold, pred, expected):
+    if (gold, pred) in KNOWN_MISSES:  # still wrong; when fixed, move the row out of KNOWN_MISSES
+        assert verify(gold, pred) is (not expected), KNOWN_MISSES[(gold, pred)]
+        return
+    assert verify(gold, pred) is expected

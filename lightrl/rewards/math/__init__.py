@@ -1,51 +1,83 @@
-"""Verifiable math rewards: answer extraction and a sympy-backed equivalence check.
+"""Verifiable math rewards: answer extraction and an exact, sympy-backed equivalence check.
 
 Public API
-    extract_answer(text) -> str | None
-    verify(gold, prediction, timeout=2.0) -> bool
-    score_batch(golds, predictions, timeout=2.0, workers=None) -> list[float]
+    extract_answer(text) -> str | None, extract_answers(text) -> list[str] | None
+    verify(gold, prediction, timeout=2.0, decimal_digits=6) -> bool
+    score_batch(golds, predictions, timeout=2.0, workers=None, batch_timeout=20.0,
+                decimal_digits=6) -> list[float]
     get_stats(reset=False) -> dict[str, int]
     clear_cache(), last_boxed(text) -> str | None (used by rules.format_reward)
 
-How a pair is judged
-    1. The answer is cut out of the prediction (last \\boxed{}/\\fbox{}, GSM8K "####",
-       "the (final) answer is", a final "Answer:" line); a prediction without any of
-       these is taken as a bare answer.
-    2. Cheap guards: answers over MAX_ANSWER_CHARS, nesting over MAX_DEPTH, integer
-       literals over MAX_LITERAL_DIGITS, powers/factorials whose result would exceed
-       MAX_RESULT_DIGITS score 0 at once.
-    3. Both answers are normalised (\\dfrac, \\left, spacing, \\text units, degrees,
-       \\$, thousands separators) and split into structure: text, multiple-choice
-       letter, base-n number, equation, tuple/interval (order and brackets matter),
-       set or comma list (order-free), union of intervals, matrix, plus-minus pairs.
-    4. Leaves are converted from LaTeX to Python syntax by a small recursive-descent
-       parser here (no antlr) and, in this process, evaluated exactly with Fractions.
-    5. Only what that cannot settle (radicals, pi, symbols, equations) goes to sympy
-       (`parse_expr` with the transformations (auto_number, rationalize) only), in
-       a pool of worker processes started with subprocess. A worker that passes the
-       deadline is killed and replaced; no signals are used, so this works from any
-       thread and inside daemon worker processes (it never uses multiprocessing).
-       Workers start once and are reused, exit with the process (atexit, and a
-       watchdog if the parent dies) and run under a 3 GiB address-space limit.
-       POSIX only (poll on pipes).
+Stages (one module each): extract -> normalize -> structure -> latex (LaTeX to checked
+Python syntax) -> exact (Fractions, and 60-digit mpmath for constants) -> compare; what
+they cannot settle goes to sympy in worker processes (pool, worker).
 
-Numbers: exact unless written with a decimal point.
-    Integers, fractions, radicals, pi, ... are exact; two rationals must be equal
-    exactly (so 1/2004! != 1/2006!), two exact irrationals must agree to 40
-    significant digits (60-digit evaluation). A value written with a decimal point is
-    a rounded number and matches within relative tolerance REL_TOL = 1e-9. Hence
-    0.333 != 1/3 (MATH asks for exact answers; a three-digit rounding is a
-    different answer), 0.5 == 1/2, 0.3333333333 (10 digits) == 1/3.
-    Symbols are real: x^2 == |x|^2, but sqrt(x^2) != x. Expressions with symbols
-    are compared at deterministic random rational points (negative ones included).
-    Percentages: 25\\% matches 25 and 0.25. Degrees are dropped (90^\\circ == 90).
-    Base-n numbers: 52_8 matches 52_8, 101010_2 (same value) and the bare digits 52.
+How a pair is judged
+    1. Extraction, the same for the prediction and the gold (so a gold may be a whole
+       worked solution or a sentence): the last \\boxed{}/\\fbox{} together with the
+       boxes just before it that only connectives separate ("\\boxed{1} and \\boxed{2}");
+       a "the (final) answer is" stated after the last box wins over it; else the last
+       GSM8K "####", "the (final) answer is x" (its last math span before the sentence
+       ends: "the answer is $ABCD$ with side $12$" gives 12) or "Answer: x" line; else
+       the last math span or number of a text with $..$, \\(..\\), \\[..\\], $$..$$ or
+       prose ("... is 2/3."). Anything else is a bare answer.
+    2. Several final boxes are one answer list: a set or tuple gold compares with all of
+       them (in order for a tuple); a gold with one answer matches only when every box
+       is that answer, so a hedge ("\\boxed{3} or \\boxed{4}", "(C) or (D)") scores 0.
+    3. Guards: answers over MAX_ANSWER_CHARS, nesting over MAX_DEPTH, integer literals
+       over MAX_LITERAL_DIGITS, powers/factorials whose result would exceed
+       MAX_RESULT_DIGITS score 0 at once.
+    4. Normalisation (\\dfrac, \\left, spacing, \\text, units, degrees, currency, percent
+       words, thousands separators, one spelling per relation: \\geqslant = \\geq = >=)
+       and structure: text, choice letter, base-n number, equation or labelled answer,
+       tuple/interval (order and brackets matter), \\{set\\} and bare list (order-free),
+       union, matrix, plus-minus pairs, inequality.
+    5. Leaves are parsed by a small recursive-descent LaTeX parser (no antlr) and
+       evaluated in this process: exactly with Fractions, and symbol-free constants
+       (radicals, pi, e, logs, trig) with 60-digit mpmath, every step bounded first.
+    6. Only what that cannot settle (symbols, equations, decimals against irrationals,
+       digits lost to cancellation) goes to sympy (`parse_expr` with the transformations
+       (auto_number, rationalize) only) in worker processes started with subprocess.
+
+Rules (what is accepted, what is refused)
+    Integers and exact values compare exactly: 1/2004! != 1/2006!, 1.23456789e11 !=
+    123456789012, 2.0000000000001 != 2; two exact irrationals must agree to 40 digits.
+    Decimals: a number written with a decimal point equals a non-integer exact value when
+    it is that value rounded to the places written and has at least `decimal_digits`
+    significant digits (default 6): 0.333333 == 1/3, 3.14159 == pi, but 0.333 != 1/3,
+    0.666666 != 2/3 (truncated, not rounded); two decimals compare exactly; a decimal
+    inside a larger expression (1.5\\pi) matches within REL_TOL = 1e-9. This holds inside
+    sets, tuples, intervals and matrices too.
+    Percent: a gold 25\\% matches 25\\%, 25 and 0.25; a prediction 25\\% against a gold
+    without % is read as 0.25 only (so 5\\% != 5; verify does not see the problem text).
+    Base-n: a gold 52_8 matches 52_8, 101010_2 (same value) and the bare digits 52; a
+    prediction 101_2 against a plain gold is its value 5 (not 101). 0^0 is undefined.
+    Relations: an inequality in one variable with rational coefficients is the interval
+    it defines (-x > -1 == x < 1 == (-\\infty, 1)); x \\ne a is the union around a.
+    Labels: x = 5, f(x) = 2x, AB = 4, (p, q) = (3, 2) compare by value against an
+    unlabelled gold, by label and value against a labelled one (x = 5 != y = 5); an
+    \\approx chain keeps its exact value (x = \\sqrt2 \\approx 1.41 is \\sqrt2).
+    Sets vs tuples: \\{1, 2\\} != (1, 2); a bare list 1, 2 matches either (in order for a
+    tuple); brackets of intervals matter. Matrices: pmatrix, bmatrix, array in brackets,
+    and sums, differences and products of literal rational matrices; a vector matches
+    its tuple. Decimal commas (2,74) are decimals when the gold is one number.
+    Symbols are real: x^2 == |x|^2, but sqrt(x^2) != x; expressions with symbols are
+    compared at deterministic random rational points (negative ones included).
+
+Time: a worker that passes `timeout` is killed; replacements start on background
+    threads and one warm spare is kept, so the next call does not wait for sympy to
+    import. score_batch's sympy part ends within `batch_timeout` seconds whatever the
+    answers are (pairs still unanswered score 0 and count in n_timeouts); the first call
+    of a process also waits for its workers to start. No signals are used, so this works
+    from any thread and inside daemon worker processes (it never uses multiprocessing);
+    workers exit with the process (atexit, and a watchdog if the parent dies) and run
+    under a 3 GiB address-space limit. POSIX only (poll on pipes).
 
 Metrics: get_stats() returns cumulative counters for this process
     n_checked, n_cache_hits, n_no_answer, n_guard_rejects, n_sympy (pairs sent to a
-    worker), n_timeouts (pairs that hit the deadline; they score 0), n_errors
+    worker), n_timeouts (pairs that hit a deadline; they score 0), n_errors
     (exceptions inside a worker; score 0), n_worker_restarts. The training loop
-    calls get_stats(reset=True) once per step and logs e.g. n_timeouts/n_checked.
+    calls get_stats(reset=True) once per step and logs n_timeouts as verifier_timeouts.
 """
 from __future__ import annotations
 
@@ -60,7 +92,7 @@ from .extract import extract_answer, extract_answers, last_boxed
 from .limits import BATCH_TIMEOUT, CACHE_SIZE, DECIMAL_DIGITS, MAX_ANSWER_CHARS, WORKER_STARTUP_TIMEOUT, _ParseError, _Reject
 from .pool import _POOL, _Timeout, _bump, get_stats
 
-__all__ = ["verify", "score_batch", "extract_answer", "get_stats", "clear_cache", "last_boxed"]
+__all__ = ["verify", "score_batch", "extract_answer", "extract_answers", "get_stats", "clear_cache", "last_boxed"]
 
 _CACHE: OrderedDict[tuple[str, str], bool] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
