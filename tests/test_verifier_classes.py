@@ -134,7 +134,7 @@ CLASSES = {
         ("0", "0^0", False), ("1", "0^0", False), ("0", "0^5", True), ("1", "7^0", True),
         ("5", "5\\%", False), ("5", "5 \\%", False), ("50", "50%", False), ("5", "5 percent", False),
         ("0.05", "5\\%", True), ("5\\%", "5", True), ("5\\%", "0.05", True), ("5\\%", "5\\%", True),
-        ("5\\%", "6\\%", False),
+        ("5\\%", "6\\%", False), ("and", "or", False), ("\\,", "\\;", False),  # nothing to compare
     ],
 }
 

@@ -286,10 +286,10 @@ def _judge(gold_ans: str, pred_ans: str, use_sympy: bool, digits: int = DECIMAL_
     _guard_text(gold_ans)
     _guard_text(pred_ans)
     g, p = _normalize(gold_ans), _normalize(pred_ans)
+    if not re.search(r"[0-9A-Za-z]", g) or not re.search(r"[0-9A-Za-z]", p):
+        return False  # nothing left to compare ("and", "$$,"): not an answer, even if both agree
     if g == p:
         return True
-    if not g or not p:
-        return False
     _guard_text(g)
     _guard_text(p)
     gs = _structure(g)
