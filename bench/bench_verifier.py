@@ -49,8 +49,8 @@ JUDGED: dict[tuple[str, str], tuple[str, str]] = {
     ("(2,4)", "4 > x > 2"): _INTERVAL_AS_INEQUALITY,
     ("(2,\\infty)", "(2,\\infty]"): _INFTY_BRACKET,
     ("(5,\\infty)", "(5,\\infty]"): _INFTY_BRACKET,
-    ("2", "2.0000000000001"): ("math-verify (strictly)", "lightrl accepts decimals within 1e-9 relative by design "
-                               "(documented); the value is not exactly 2"),
+    ("25", "25%"): ("lightrl", "a % prediction against a gold without % is read as a fraction, 0.25 "
+                    "(issue 15: 5% for 5 was a wrong yes)"),
     ("3 1/2", "7/2"): ("lightrl", "'3 1/2' is the mixed number 3 1/2 = 7/2"),
     ("1500", "1.5e3"): ("lightrl", "1.5e3 is scientific notation for 1500"),
     ("\\sqrt[3]{-8}", "-2"): ("lightrl", "the real cube root of -8 is -2 (sympy's principal root is complex)"),
