@@ -81,3 +81,21 @@ def test_in_process_numbers_refuse_unbounded_work():
         py, tree, _ = _to_py(latex)
         assert numeric(tree.body, py) is None, latex
     assert time.monotonic() - t0 < 0.5
+
+
+def test_in_process_numbers_agree_across_threads():
+    pairs = [(f"\\sqrt{{{k * k * 2}}}+\\pi", f"{k}\\sqrt{{2}}+\\pi", True) for k in range(2, 14)]
+    pairs += [(f"\\sqrt{{{k * k * 2}}}+\\pi", f"{k + 1}\\sqrt{{2}}+\\pi", False) for k in range(2, 14)]
+    pairs += [("\\frac{1}{3}", "0.333333", True), ("\\frac{1}{3}", "0.333", False)] * 4
+    M.clear_cache()
+    results = [None] * len(pairs)
+
+    def run(i):
+        results[i] = verify(pairs[i][0], pairs[i][1])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [e for *_, e in pairs]

@@ -10,7 +10,7 @@ from .extract import extract_answers
 from .latex import _PY_NAMES, _to_py
 from .limits import DECIMAL_DIGITS, EXACT_TOL, REL_TOL, _ParseError, _Reject
 from .normalize import _guard_text, _normalize, _text_key, decimal_comma
-from .structure import _RX_LABEL, _RX_VARIABLE, _structure
+from .structure import _RX_LABEL, _structure
 
 class _Judge:
     """Compares two structures. Without sympy, undecidable leaves give None."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import math
+import threading
 from fractions import Fraction
 
 from .limits import MAX_FACTORIAL, MAX_RESULT_DIGITS, _Reject
@@ -156,19 +157,19 @@ def _guard_sizes(node: ast.AST, src: str, power: Fraction = Fraction(1)) -> None
 
 # ----------------------------------------------------------------------------- 60-digit numbers
 
-_MP: list = []  # the mpmath context, made on first use (mpmath comes with sympy)
+_MP = threading.local()  # one mpmath context per thread: its functions change the precision while they run
 _NUMERIC_DIGITS = 60
 _MAX_ARG = 1e6  # trig of larger arguments needs argument reduction costing time we cannot bound here
 
 
 def _ctx():
-    if not _MP:
-        from mpmath.ctx_mp import MPContext
+    ctx = getattr(_MP, "ctx", None)
+    if ctx is None:
+        from mpmath.ctx_mp import MPContext  # mpmath comes with sympy; imported on first use
 
-        ctx = MPContext()
+        ctx = _MP.ctx = MPContext()
         ctx.dps = _NUMERIC_DIGITS
-        _MP.append(ctx)
-    return _MP[0]
+    return ctx
 
 
 class _Unknown(Exception):

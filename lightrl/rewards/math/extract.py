@@ -27,7 +27,7 @@ def _brace_content(text: str, start: int, limit: int) -> str | None:
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 MAX_BOXES = 8  # boxes looked at, from the end: enough for any answer list, bounded for hostile text
 # What may stand between two boxes of one answer: "\boxed{1}, \boxed{2}", "x=\boxed{1} or x=\boxed{2}"
-_CONNECTIVE = re.compile(r"(?:[\s$,;&.]|\\[,;! ]|\\q?quad|\\[()\[\]]|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b"
+_CONNECTIVE = re.compile(r"(?:[\s$,;&]|\\[,;! ]|\\q?quad|\\[()\[\]]|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b"
                          r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*", re.I)
 _PHRASE = re.compile(r"(?:final answer|the answer|^[\s*#>]*answer)(?: (?:to|for|of) [^\n]*?)?\s*(?:\bis\b|:|：|=)\s*:?\**",
                      re.I | re.M)
