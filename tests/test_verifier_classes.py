@@ -100,6 +100,7 @@ CLASSES = {
         ("-1, 3", "The roots are $\\boxed{-1}$ and $\\boxed{4}$.", False), ("\\{-1, 3\\}", "\\boxed{3}, \\boxed{-1}", True),
         ("A", "(A) or (B)", False), ("(3, 4)", "\\boxed{(3, 4)}", True), ("3, 4", "\\boxed{3} \\quad \\boxed{4}", True),
         ("(3, 4)", "\\boxed{(3, 4)} or \\boxed{(4, 3)}", False),
+        ("18", "I got \\boxed{17}. \\boxed{18}", True),  # a full stop ends the list: a correction
     ],
     "7_decimals_for_exact_values": [
         ("\\frac13", "0.333333", True), ("\\frac23", "0.666667", True), ("\\sqrt2", "1.41421", True),

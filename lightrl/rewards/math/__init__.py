@@ -94,7 +94,7 @@ from .pool import _POOL, _Timeout, _bump, get_stats
 
 __all__ = ["verify", "score_batch", "extract_answer", "extract_answers", "get_stats", "clear_cache", "last_boxed"]
 
-_CACHE: OrderedDict[tuple[str, str], bool] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, str, int], bool] = OrderedDict()  # (gold answer, predicted answer, decimal_digits)
 _CACHE_LOCK = threading.Lock()
 
 
