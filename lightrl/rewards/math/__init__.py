@@ -63,6 +63,8 @@ Rules (what is accepted, what is refused)
     its tuple. Decimal commas (2,74) are decimals when the gold is one number.
     Symbols are real: x^2 == |x|^2, but sqrt(x^2) != x; expressions with symbols are
     compared at deterministic random rational points (negative ones included).
+    Not yet: limits, sums and integrals written out, inequalities of |x|, several
+    unboxed math spans as one answer list (only the last is read).
 
 Time: a worker that passes `timeout` is killed; replacements start on background
     threads and one warm spare is kept, so the next call does not wait for sympy to
