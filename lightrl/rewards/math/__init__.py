@@ -53,7 +53,8 @@ Rules (what is accepted, what is refused)
     Base-n: a gold 52_8 matches 52_8, 101010_2 (same value) and the bare digits 52; a
     prediction 101_2 against a plain gold is its value 5 (not 101). 0^0 is undefined.
     Relations: an inequality in one variable with rational coefficients is the interval
-    it defines (-x > -1 == x < 1 == (-\\infty, 1)); x \\ne a is the union around a.
+    it defines (-x > -1 == x < 1 == (-\\infty, 1), |x - 2| <= 3 == [-1, 5]); x \\ne a is
+    the union around a.
     Labels: x = 5, f(x) = 2x, AB = 4, (p, q) = (3, 2) compare by value against an
     unlabelled gold, by label and value against a labelled one (x = 5 != y = 5); an
     \\approx chain keeps its exact value (x = \\sqrt2 \\approx 1.41 is \\sqrt2).
@@ -63,8 +64,8 @@ Rules (what is accepted, what is refused)
     its tuple. Decimal commas (2,74) are decimals when the gold is one number.
     Symbols are real: x^2 == |x|^2, but sqrt(x^2) != x; expressions with symbols are
     compared at deterministic random rational points (negative ones included).
-    Not yet: limits, sums and integrals written out, inequalities of |x|, several
-    unboxed math spans as one answer list (only the last is read).
+    Not yet: limits, sums and integrals written out, several unboxed math spans as one
+    answer list (only the last is read).
 
 Time: a worker that passes `timeout` is killed; replacements start on background
     threads and one warm spare is kept, so the next call does not wait for sympy to

@@ -32,7 +32,8 @@ _CONNECTIVE = re.compile(r"(?:[\s$,;&]|\\[,;! ]|\\q?quad|\\[()\[\]]|\\text\s*\{\
 _PHRASE = re.compile(r"(?:final answer|the answer|^[\s*#>]*answer)(?: (?:to|for|of) [^\n]*?)?\s*(?:\bis\b|:|：|=)\s*:?\**",
                      re.I | re.M)
 _SPAN = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
-_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?(?![\w])"
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+                     r"(?:\s*(?:%|thousand\b|million\b|billion\b))?(?![\w])"
                      r"|\([A-E]\)")  # or a choice letter: "the correct option is (B)."
 _CUT = re.compile(r"\.(?:\s|$)|\s(?:because|since|as|which|so|where|for|when|if)\b")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")

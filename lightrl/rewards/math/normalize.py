@@ -8,7 +8,10 @@ from .limits import MAX_ANSWER_CHARS, MAX_DEPTH, MAX_LITERAL_DIGITS, _ParseError
 
 _UNICODE = {"−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "÷": "/", "π": "\\pi ", "∞": "\\infty ",
             "√": "\\sqrt", "≤": "\\le ", "≥": "\\ge ", "±": "\\pm ", "∪": "\\cup ", "°": "", "％": "%",
-            "²": "^2", "³": "^3", "≠": "\\ne ", "≈": "\\approx ", "€": "", "£": "", "¥": "", "₹": ""}
+            "²": "^2", "³": "^3", "≠": "\\ne ", "≈": "\\approx ", "€": "", "£": "", "¥": "", "₹": "",
+            "½": "(1/2)", "⅓": "(1/3)", "⅔": "(2/3)", "¼": "(1/4)", "¾": "(3/4)"}
+_SCALES = {"thousand": 3, "million": 6, "billion": 9}
+_SCALE_WORDS = re.compile(r"(\d+(?:\.\d+)?)\s*(thousand|million|billion)\b", re.I)  # 1.5 million
 # one spelling per relation: \geqslant, \geq, >= are \ge; \neq, != are \ne; \gt is >
 _RELATIONS = [(re.compile(r"\\(?:geqslant|geq|ge)(?![a-zA-Z])|>="), "\\ge "),
               (re.compile(r"\\(?:leqslant|leq|le)(?![a-zA-Z])|<="), "\\le "),
@@ -92,6 +95,7 @@ def _normalize(s: str) -> str:
     without, inlined = _replace_text_groups(s)
     s = without if re.search(r"[0-9A-Za-z\\]", without) else inlined
     s = _PERCENT_WORDS.sub("%", s)
+    s = _SCALE_WORDS.sub(lambda m: f"{m[1]}\\times 10^{_SCALES[m[2].lower()]}", s)
     s = _exact_part(s)
     s = re.sub(r"(?i)^\s*(?:[a-z]\s*\\in|[a-z]\s*∈)\s*", "", s)
     s = re.sub(r"(?i)\b(?:or|and)\b", ",", s)

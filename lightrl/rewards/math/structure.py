@@ -147,8 +147,8 @@ def _linear(lhs: str, rhs: str) -> tuple[Fraction, Fraction] | None:
     names = set(re.findall(r"\bs_\w+", py))
     if len(names) != 1:
         return None
-    name, values = names.pop(), []
-    for x in (0, 1, 2):  # linear iff the differences agree; exact, so no tolerance
+    name, values = names.pop(), {}
+    for x in (0, 1, -7, 3):  # linear iff all four points lie on one line; exact, so no tolerance
         src = re.sub(r"\b%s\b" % name, f"({x})", py)
         try:
             v = _exact(ast.parse(src, mode="eval").body, src)
@@ -156,11 +156,11 @@ def _linear(lhs: str, rhs: str) -> tuple[Fraction, Fraction] | None:
             return None
         if v is None:
             return None
-        values.append(v)
-    k = values[1] - values[0]
-    if k == 0 or values[2] - values[1] != k:
+        values[x] = v
+    m, k = values[0], values[1] - values[0]
+    if k == 0 or values[-7] != m - 7 * k or values[3] != m + 3 * k:  # |x| and x^2 fail at -7
         return None
-    return k, values[0]
+    return k, m
 
 
 def _inequality(s: str):
@@ -182,6 +182,8 @@ def _inequality(s: str):
     elif len(ops) == 1 and pieces[0] and pieces[1] and (lin := _linear(pieces[0], pieces[1])):
         k, m = lin  # k x + m op 0  is  x op -m/k, the relation flipped when k < 0
         bound, op = str(-m / k), ops[0] if k > 0 else _FLIP[ops[0]]
+    elif len(ops) == 1 and (absolute := _abs_linear(pieces[0], pieces[1], ops[0])):
+        return absolute
     else:
         return ("leaf", s, False)
     if op == "!=":
@@ -190,6 +192,30 @@ def _inequality(s: str):
     if op[0] == "<":
         return ("seq", "(", ")" if op == "<" else "]", [("leaf", "-\\infty", False), _structure(bound)])
     return ("seq", "(" if op == ">" else "[", ")", [_structure(bound), ("leaf", "\\infty", False)])
+
+
+def _abs_linear(lhs: str, rhs: str, op: str):
+    """|k x + m| op c, c > 0 rational -> the interval (< and <=) or the union of two rays
+    (> and >=) it defines; None for anything else."""
+    if rhs.startswith("|") and not lhs.startswith("|"):
+        lhs, rhs, op = rhs, lhs, _FLIP[op]
+    inner = re.fullmatch(r"\|([^|]+)\|", lhs)
+    if inner is None or op == "!=":
+        return None
+    try:
+        lin, c = _linear(inner.group(1), "0"), _entry(rhs)
+    except (_ParseError, _Reject, RecursionError, ValueError):
+        return None
+    if lin is None or c is None or c <= 0:
+        return None
+    k, m = lin
+    lo, hi = sorted(((-c - m) / k, (c - m) / k))
+    lo, hi = ("leaf", str(lo), False), ("leaf", str(hi), False)
+    closed = op in ("<=", ">=")
+    if op[0] == "<":
+        return ("seq", "[" if closed else "(", "]" if closed else ")", [lo, hi])
+    return ("set", [("seq", "(", "]" if closed else ")", [("leaf", "-\\infty", False), lo]),
+                    ("seq", "[" if closed else "(", ")", [hi, ("leaf", "\\infty", False)])], False)
 
 
 def _matrix_arithmetic(s: str):
