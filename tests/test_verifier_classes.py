@@ -28,6 +28,9 @@ CLASSES = {
         ("3", "Solving gives $x=-3$.", False), ("\\sqrt2", "Hence $$\\sqrt{2}$$", True),
         ("18", "I cannot solve this one.", False), ("12", "The answer is $12$ because $3 \\cdot 4 = 12$.", True),
         ("\\frac12", "The answer is $\\frac12$ since $2x = 1$.", True),
+        ("(3, -1)", "Solving, $x = 3$ and $y = -1$.", True), ("(3, -1)", "Solving, $x = -1$ and $y = 3$.", False),
+        ("2, 3", "The roots are $2$ and $3$.", True), ("2, 3", "The roots are $2$ and $4$.", False),
+        ("3", "The answer is $2$ or $3$.", False),  # a hedge, as with boxes
     ],
     "2_gold_is_a_solution": [
         ("The answer is $5$.", "5", True), ("The answer is $5$.", "6", False),
@@ -147,8 +150,8 @@ CLASSES = {
 ROWS = [(cls, g, p, e) for cls, rows in CLASSES.items() for g, p, e in rows]
 
 # Written before the verifier ever saw them, as a check of the table above, in two batches
-# (58 of 60 and 46 of 47 right at once; |x| >= 3 was fixed after); kept as regression rows.
-# KNOWN_MISSES are the two it still gets wrong.
+# (58 of 60 and 46 of 47 right at once; two of the misses were fixed after); kept as
+# regression rows. KNOWN_MISSES is what it still gets wrong.
 HELDOUT = [
  ("$\\frac{1}{2}$", "The answer is 0.5", True), ("\\{1,2\\}", "$\\boxed{\\{2,1\\}}$", True),
  ("2^{1/2}", "$\\sqrt{2}$", True), ("1000", "We get $1,000$ total.", True), ("(1,2)", "The point is $(1, 2)$.", True),
@@ -196,7 +199,6 @@ HELDOUT = [
 ]
 KNOWN_MISSES = {
     ("e", "$\\lim_{n\\to\\infty}(1+1/n)^n$"): "limits are not evaluated",
-    ("x=3, y=-1", "$x = 3$ and $y = -1$"): "without boxes only the last math span is the answer",
 }
 
 

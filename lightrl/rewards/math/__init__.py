@@ -21,9 +21,10 @@ How a pair is judged
        ends: "the answer is $ABCD$ with side $12$" gives 12) or "Answer: x" line; else
        the last math span or number of a text with $..$, \\(..\\), \\[..\\], $$..$$ or
        prose ("... is 2/3."). Anything else is a bare answer.
-    2. Several final boxes are one answer list: a set or tuple gold compares with all of
-       them (in order for a tuple); a gold with one answer matches only when every box
-       is that answer, so a hedge ("\\boxed{3} or \\boxed{4}", "(C) or (D)") scores 0.
+    2. Several final boxes (or math spans that only connectives separate) are one answer
+       list: a set or tuple gold compares with all of them (in order for a tuple); a gold
+       with one answer matches only when every part is that answer, so a hedge
+       ("\\boxed{3} or \\boxed{4}", "(C) or (D)", "$2$ or $3$") scores 0.
     3. Guards: answers over MAX_ANSWER_CHARS, nesting over MAX_DEPTH, integer literals
        over MAX_LITERAL_DIGITS, powers/factorials whose result would exceed
        MAX_RESULT_DIGITS score 0 at once.
@@ -64,8 +65,7 @@ Rules (what is accepted, what is refused)
     its tuple. Decimal commas (2,74) are decimals when the gold is one number.
     Symbols are real: x^2 == |x|^2, but sqrt(x^2) != x; expressions with symbols are
     compared at deterministic random rational points (negative ones included).
-    Not yet: limits, sums and integrals written out, several unboxed math spans as one
-    answer list (only the last is read).
+    Not yet: limits, sums and integrals written out.
 
 Time: a worker that passes `timeout` is killed; replacements start on background
     threads and one warm spare is kept, so the next call does not wait for sympy to

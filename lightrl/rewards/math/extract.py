@@ -81,18 +81,30 @@ def last_boxed(text: str) -> str | None:
     return boxes[-1][2] if boxes else None
 
 
-def _clean_phrase(ans: str) -> str:
-    """What follows "the answer is", up to its sentence's end: the last math span in it
-    ('$ABCD$ has side $12$' -> '12'; '$\\frac12$ because $2x=1$' -> '\\frac12'), else the text."""
+def _last_group(text: str, items: list[tuple[int, int, str]]) -> list[str]:
+    """Contents of the last of `items` (start, end, content) and of those just before it
+    that only connectives separate: '$x = 3$ and $y = -1$' -> ['x = 3', 'y = -1']."""
+    group = [items[-1]]
+    for it in reversed(items[:-1]):
+        if not _CONNECTIVE.fullmatch(text, it[1], group[0][0]):
+            break
+        group.insert(0, it)
+    return [it[2] for it in group]
+
+
+def _clean_phrase(ans: str) -> list[str]:
+    """What follows "the answer is", up to its sentence's end: its last math spans
+    ('$ABCD$ has side $12$' -> ['12']; '$\\frac12$ because $2x=1$' -> ['\\frac12']), else the text."""
     ans = ans.strip().strip("*").strip()
     spans = list(_SPAN.finditer(ans))
     blank = _blank_spans(ans, spans)
     cut = _CUT.search(blank)
     end = cut.start() if cut else len(ans)
-    inside = [m for m in spans if m.start() < end]
+    inside = [(m.start(), m.end(), _span_text(m)) for m in spans if m.start() < end]
     if inside:
-        return _span_text(inside[-1])
-    return ans[:end].strip().rstrip(".").strip()
+        return _last_group(ans, inside)
+    rest = ans[:end].strip().rstrip(".").strip()
+    return [rest] if rest else []
 
 
 def _blank_spans(text: str, spans) -> str:
@@ -117,14 +129,15 @@ def _is_prose(text: str) -> bool:
     return len(_WORD.findall(plain)) >= 2
 
 
-def _last_token(text: str) -> str | None:
-    """The last math span, number or choice letter of a text without an answer phrase."""
+def _last_tokens(text: str) -> list[str]:
+    """The last number or choice letter of a text without an answer phrase, or its last
+    math spans when they come after it."""
     spans = list(_SPAN.finditer(text))
     nums = list(_NUMBER.finditer(_blank_spans(text, spans)))
     last_span, last_num = (spans[-1] if spans else None), (nums[-1] if nums else None)
     if last_num is not None and (last_span is None or last_num.start() > last_span.start()):
-        return last_num.group().strip()
-    return _span_text(last_span) if last_span is not None else None
+        return [last_num.group().strip()]
+    return _last_group(text, [(m.start(), m.end(), _span_text(m)) for m in spans]) if spans else []
 
 
 def extract_answers(text: str) -> list[str] | None:
@@ -135,9 +148,11 @@ def extract_answers(text: str) -> list[str] | None:
        followed by other text is superseded. A "the (final) answer is" after the last box
        wins over the box.
     2. Else, in the tail of the text, the last GSM8K `#### x`, else the last "the (final)
-       answer is x" / "Answer: x" (its last math span before the sentence ends).
-    3. Else a text with math delimiters or prose gives its last math span or number
-       ("Answer $9$", "\\[ 9 \\]", "... is 2/3.").
+       answer is x" / "Answer: x" (its last math spans before the sentence ends).
+    3. Else a text with math delimiters or prose gives its last math spans or number
+       ("Answer $9$", "\\[ 9 \\]", "... is 2/3.", "$x = 3$ and $y = -1$").
+    Math spans are grouped like boxes: the last and those just before it that only
+    connectives separate.
     None when nothing is found: the caller then takes the whole text as a bare answer.
     """
     if not text or not text.strip():
@@ -149,23 +164,17 @@ def extract_answers(text: str) -> list[str] | None:
     for phrase in _PHRASE.finditer(tail):
         pass
     if boxes and (phrase is None or tail_start + phrase.start() < boxes[-1][1]):
-        group = [boxes[-1]]
-        for b in reversed(boxes[:-1]):
-            if not _CONNECTIVE.fullmatch(text, b[1], group[0][0]):
-                break
-            group.insert(0, b)
-        return [b[2] for b in group]
+        return _last_group(text, boxes)
     i = tail.rfind("####")
     if i >= 0:
         ans = tail[i + 4:].strip().split("\n", 1)[0].strip()
         return [ans] if ans else None
     if phrase is not None:
-        ans = _clean_phrase(tail[phrase.end():].split("\n", 1)[0])
-        if ans:
-            return [ans]
+        parts = _clean_phrase(tail[phrase.end():].split("\n", 1)[0])
+        if parts:
+            return parts
     if _SPAN.search(tail) or _is_prose(tail):
-        tok = _last_token(tail)
-        return [tok] if tok else None
+        return _last_tokens(tail) or None
     return None
 
 
