@@ -13,6 +13,12 @@ Predictions other than full solutions are given as "... $\\boxed{x}$." responses
     python -m bench verifier --workers 2
 writes bench/results/verifier-cpu-<date>.json with throughput, and every disagreement with
 math-verify together with a hand-checked verdict of who is right (JUDGED below).
+
+The `classes` part (--part classes, also run by the default --part all) needs no data: it
+scores the ten classes of issue 15 (tests/test_verifier_classes.py) with lightrl and with
+math-verify, called by default (parse(gold), parse(prediction)) and with `$` delimiters
+(each side wrapped in $...$ unless it already has a $), and reports accuracy and false
+positives per class, and lightrl's throughput on 2,000 short answers.
 """
 from __future__ import annotations
 
@@ -44,8 +50,8 @@ JUDGED: dict[tuple[str, str], tuple[str, str]] = {
     ("(2,4)", "4 > x > 2"): _INTERVAL_AS_INEQUALITY,
     ("(2,\\infty)", "(2,\\infty]"): _INFTY_BRACKET,
     ("(5,\\infty)", "(5,\\infty]"): _INFTY_BRACKET,
-    ("2", "2.0000000000001"): ("math-verify (strictly)", "lightrl accepts decimals within 1e-9 relative by design "
-                               "(documented); the value is not exactly 2"),
+    ("25", "25%"): ("lightrl", "a % prediction against a gold without % is read as a fraction, 0.25 "
+                    "(issue 15: 5% for 5 was a wrong yes)"),
     ("3 1/2", "7/2"): ("lightrl", "'3 1/2' is the mixed number 3 1/2 = 7/2"),
     ("1500", "1.5e3"): ("lightrl", "1.5e3 is scientific notation for 1500"),
     ("\\sqrt[3]{-8}", "-2"): ("lightrl", "the real cube root of -8 is -2 (sympy's principal root is complex)"),
@@ -74,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N MATH-500 rows")
     parser.add_argument("--no-math-verify", action="store_true", help="skip the math-verify comparison")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/verifier-cpu-<date>.json)")
+    parser.add_argument("--part", choices=("all", "data", "classes"), default="all",
+                        help="data: the MATH-500 sets; classes: the issue-15 class table (no data needed)")
 
 
 def rewrite(answer: str) -> str:
@@ -185,6 +193,11 @@ def math_verify_scores(pairs: list[tuple[str, str, str]]) -> tuple[list[float], 
 def main(args: argparse.Namespace) -> dict:
     from lightrl.rewards import math as M
 
+    classes_report = None if args.part == "data" else classes(args)
+    if args.part == "classes":
+        print(f"wrote {common.write_json(classes_report, 'verifier-classes', 'cpu', args.out)}")
+        return classes_report
+
     path = DATA / "math500.jsonl"
     if not path.exists():
         sys.exit(f"missing {path}: the package's built-in data is incomplete (reinstall lightrl)")
@@ -241,6 +254,7 @@ def main(args: argparse.Namespace) -> dict:
                     "set": name, "id": uid, "gold": gold, "prediction": M.extract_answer(pred) or pred,
                     "expected": e, "lightrl": a, "math_verify": b, "right": who, "why": why})
 
+    report["classes"] = classes_report
     _print(report)
     print(f"wrote {common.write_json(report, 'verifier', 'cpu', args.out)}")
     return report
@@ -262,6 +276,128 @@ def _print(report: dict) -> None:
         for d in report["disagreements"]:
             print(f"  [{d['set']}] {d['id']}: gold {d['gold']!r} pred {d['prediction']!r} "
                   f"lightrl={d['lightrl']:.0f} math-verify={d['math_verify']:.0f} right={d['right']} {d['why']}")
+
+
+# ----------------------------------------------------------------------------- the `classes` part
+
+
+def _class_table() -> dict[str, list[tuple[str, str, bool]]]:
+    """CLASSES of tests/test_verifier_classes.py (loaded by path: bench is dev tooling)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "test_verifier_classes.py"
+    spec = importlib.util.spec_from_file_location("_verifier_classes", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.CLASSES
+
+
+def short_pairs(n: int = 2000) -> list[tuple[str, str]]:
+    """n short (gold, answer) pairs of the kinds a MATH/GSM8K reward sees most: integers,
+    fractions, decimals, radicals, tuples, intervals; half right, half wrong (deterministic)."""
+    import random
+
+    rng = random.Random(15)
+    out = []
+    for k in range(n):
+        a, b, c = rng.randint(1, 999), rng.randint(2, 99), rng.randint(1, 9)
+        right = k % 2 == 0
+        kind = k % 6
+        if kind == 0:
+            out.append((str(a), str(a if right else a + 1)))
+        elif kind == 1:
+            out.append((f"\\frac{{{a}}}{{{b}}}", f"{a * c}/{b * c}" if right else f"{a + 1}/{b}"))
+        elif kind == 2:
+            out.append((f"{a}.5", f"\\frac{{{2 * a + 1}}}{{2}}" if right else f"{a}.4"))
+        elif kind == 3:
+            out.append((f"{c}\\sqrt{{{b}}}", f"\\sqrt{{{c * c * b}}}" if right else f"{c + 1}\\sqrt{{{b}}}"))
+        elif kind == 4:
+            out.append((f"({a}, {b})", f"\\left({a},{b}\\right)" if right else f"({b}, {a})"))
+        else:
+            out.append((f"[{c}, {a})", f"[{c},{a})" if right else f"({c}, {a})"))
+    return out
+
+
+def _math_verify_call(delimiters: bool):
+    from math_verify import parse, verify
+
+    def wrap(x: str) -> str:
+        return x if "$" in x else f"${x}$"
+
+    def call(gold: str, pred: str) -> bool:
+        try:
+            return bool(verify(parse(wrap(gold) if delimiters else gold), parse(wrap(pred) if delimiters else pred)))
+        except Exception:  # noqa: BLE001 - its failures count as 0, like ours
+            return False
+    return call
+
+
+def classes(args: argparse.Namespace) -> dict:
+    """Accuracy and false positives per issue-15 class, lightrl vs math-verify, and throughput."""
+    from lightrl.rewards import math as M
+
+    table = _class_table()
+    M.score_batch(["\\sqrt{2}"] * 4, [f"\\frac{{{2 * k}}}{{{k}\\sqrt2}}" for k in range(1, 5)],
+                  workers=args.workers)  # warm the pool outside the timing
+    judges = {"lightrl": None}
+    if not args.no_math_verify:
+        try:
+            import math_verify  # noqa: F401
+        except ImportError:
+            sys.exit("math-verify is not installed: pip install math-verify (dev-only), or pass --no-math-verify")
+        judges["math_verify"] = _math_verify_call(False)
+        judges["math_verify_dollars"] = _math_verify_call(True)
+    report = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
+              "load_average_1m": round(os.getloadavg()[0], 2), "workers": args.workers,
+              "versions": common.versions(("sympy", "math-verify")), "classes": {}, "misses": []}
+    totals = {name: [0, 0] for name in judges}  # correct, false positives
+    for cls, rows in table.items():
+        entry = {"cases": len(rows), "true_cases": sum(e for *_, e in rows)}
+        for name, call in judges.items():
+            if call is None:
+                M.clear_cache()
+                got = [bool(x) for x in M.score_batch([g for g, _, _ in rows], [p for _, p, _ in rows],
+                                                      timeout=args.timeout, workers=args.workers)]
+            else:
+                got = [call(g, p) for g, p, _ in rows]
+            correct = sum(a == e for a, (_, _, e) in zip(got, rows))
+            false_pos = sum(a and not e for a, (_, _, e) in zip(got, rows))
+            entry[name] = {"accuracy": round(correct / len(rows), 4), "false_positives": false_pos}
+            totals[name][0] += correct
+            totals[name][1] += false_pos
+            report["misses"] += [{"class": cls, "judge": name, "gold": g, "prediction": p, "expected": e}
+                                 for a, (g, p, e) in zip(got, rows) if a != e]
+        report["classes"][cls] = entry
+    n = sum(len(rows) for rows in table.values())
+    report["overall"] = {name: {"accuracy": round(c / n, 4), "false_positives": fp} for name, (c, fp) in totals.items()}
+    pairs = short_pairs()
+    seconds = float("inf")
+    for _ in range(args.repeats):  # the machine is shared: keep the least disturbed run
+        M.clear_cache()
+        t0 = time.perf_counter()
+        M.score_batch([g for g, _ in pairs], [p for _, p in pairs], timeout=args.timeout, workers=args.workers)
+        seconds = min(seconds, time.perf_counter() - t0)
+    report["short_answers"] = {"pairs": len(pairs), "seconds": round(seconds, 3),
+                               "per_second": round(len(pairs) / seconds, 1)}
+    _print_classes(report)
+    return report
+
+
+def _print_classes(report: dict) -> None:
+    names = [k for k in ("lightrl", "math_verify", "math_verify_dollars") if k in report["overall"]]
+    print("| class | cases | " + " | ".join(f"{k} correct (false +)" for k in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    rows = list(report["classes"].items()) + [("overall", {"cases": sum(e["cases"] for e in report["classes"].values()),
+                                                           **report["overall"]})]
+    for cls, e in rows:
+        cells = " | ".join(f"{e[k]['accuracy']:.3f} ({e[k]['false_positives']})" for k in names)
+        print(f"| {cls} | {e['cases']} | {cells} |")
+    s = report["short_answers"]
+    print(f"short answers: {s['per_second']} verifications/s ({s['pairs']} pairs, {report['workers']} workers, "
+          f"load average {report['load_average_1m']} before)")
+    for m in report["misses"]:
+        if m["judge"] == "lightrl":
+            print(f"  lightrl miss [{m['class']}]: gold {m['gold']!r} pred {m['prediction']!r} expected {m['expected']}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Every equivalence category of the verifier has true and false rows; the `traps` rows
 are pairs that careless checkers get wrong. Decisions documented in
-lightrl/rewards/math.py: decimals are rounded numbers matched within 1e-9 relative
-(so 0.333 != 1/3), symbols are real (x^2 == |x|^2).
+lightrl/rewards/math/__init__.py: integers compare exactly; a decimal equals a fraction or
+surd only as that value rounded to its places with >= 6 significant digits (so 0.333 != 1/3);
+a prediction with % against a gold without % is read as a fraction (25% != 25);
+symbols are real (x^2 == |x|^2).
 """
 import pytest
 
@@ -20,7 +22,7 @@ CASES = {
         ("1.25", "1.250", True), ("1.25", "\\frac54", True), ("0.15", ".15", True),
         (".0000672", "6.72\\times 10^{-5}", True), ("3.21", "3.2", False), ("326.5", "653/2", True),
         ("4.5", "4.50", True), ("1.25", "1.26", False), ("2", "2.0", True), ("2", "2.00000001", False),
-        ("2", "2.0000000000001", True),
+        ("2", "2.0000000000001", False),
     ],
     "fractions": [
         ("\\frac{14}{3}", "14/3", True), ("\\frac{14}{3}", "\\dfrac{14}{3}", True),
@@ -36,7 +38,7 @@ CASES = {
     ],
     "percent": [
         ("50\\%", "50", True), ("50\\%", "0.5", True), ("50\\%", "\\frac12", True), ("0.25", "25\\%", True),
-        ("25", "25%", True), ("50\\%", "5", False), ("12.5\\%", "\\frac18", True),
+        ("25", "25%", False), ("0.25", "25%", True), ("50\\%", "5", False), ("12.5\\%", "\\frac18", True),
     ],
     "scientific": [
         ("1500", "1.5\\times 10^3", True), ("1500", "1.5 \\cdot 10^{3}", True), ("1500", "1.5e3", True),
@@ -176,7 +178,7 @@ CASES = {
         ("y = 2x + 1", "y = 2x + 5", False),  # parallel lines: same slope, different line
         ("y = 2x + 1", "4x - 2y + 2 = 0", True), ("[1,2)", "[1,2]", False), ("(1,2)", "(2,1)", False),
         ("\\frac{1}{3}", "0.333", False),  # rounded decimals are not the exact answer (see module doc)
-        ("\\frac{1}{3}", "0.3333333333", True),  # agrees to 1e-9 relative
+        ("\\frac{1}{3}", "0.3333333333", True),  # 1/3 rounded to 10 places
         ("\\frac{1}{3}", "0.\\overline{3}", True),
         ("x^2", "|x|^2", True),  # symbols are real
         ("\\sqrt{x^2}", "x", False), ("|x|", "x", False),

@@ -144,7 +144,7 @@ def test_hostile_inputs_fail_fast_from_a_thread(name):
 
 
 def test_sympy_timeout_kills_worker_and_scores_zero():
-    assert verify("\\sqrt{2}", "\\frac{2}{\\sqrt{2}}")  # warms a worker (startup is not part of the limit)
+    assert verify("x^2-1", "(x-1)(x+1)")  # warms a worker (startup is not part of the limit)
     before = get_stats()
     out = {}
 
@@ -163,14 +163,14 @@ def test_sympy_timeout_kills_worker_and_scores_zero():
     after = get_stats()
     assert after["n_timeouts"] == before["n_timeouts"] + 1
     assert after["n_worker_restarts"] == before["n_worker_restarts"] + 1
-    assert verify("\\sqrt{3}", "\\frac{3}{\\sqrt{3}}")  # the replacement worker answers
+    assert verify("y^2-1", "(y-1)(y+1)")  # the replacement worker answers
 
 
 def test_score_batch_order_cache_and_stats():
     M.clear_cache()
     get_stats(reset=True)
-    golds = ["\\sqrt{2}", "1/2", "\\pi", "5", "\\sqrt{2}", "(1,2)"]
-    preds = ["\\boxed{\\frac{2}{\\sqrt2}}", "0.5", "\\boxed{3.14}", "no idea", "\\boxed{\\frac{2}{\\sqrt2}}", "(2,1)"]
+    golds = ["x^2-1", "1/2", "\\pi", "5", "x^2-1", "(1,2)"]
+    preds = ["\\boxed{(x-1)(x+1)}", "0.5", "\\boxed{3.14}", "no idea", "\\boxed{(x-1)(x+1)}", "(2,1)"]
     assert score_batch(golds, preds, workers=2) == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     stats = get_stats()
     assert stats["n_checked"] == 6 and stats["n_sympy"] == 2  # the repeated pair is computed once
@@ -183,8 +183,8 @@ def test_score_batch_order_cache_and_stats():
 
 
 def test_concurrent_threads_agree():
-    pairs = [(f"\\sqrt{{{k * k * 2}}}", f"{k}\\sqrt{{2}}") for k in range(2, 14)]
-    pairs += [(f"\\sqrt{{{k * k * 2}}}", f"{k + 1}\\sqrt{{2}}") for k in range(2, 14)]
+    pairs = [(f"{k}x^2-{k}", f"{k}(x-1)(x+1)") for k in range(2, 14)]  # symbols: decided in workers
+    pairs += [(f"{k}x^2-{k}", f"{k + 1}(x-1)(x+1)") for k in range(2, 14)]
     M.clear_cache()
     results = [None] * len(pairs)
 
@@ -237,7 +237,7 @@ def test_workers_do_not_outlive_their_parent(how):
 
     code = (
         "from lightrl.rewards import math as M\n"
-        "assert M.verify('\\\\sqrt{2}', '\\\\frac{2}{\\\\sqrt2}')\n"
+        "assert M.verify('x^2-1', '(x-1)(x+1)')\n"
         "print(M._POOL.idle[0].proc.pid, flush=True)\n"
         + ("M.verify('1', '\\\\tan(e^{e^{e^{3}}})', timeout=600)\n" if how != "normal exit" else "")
     )
@@ -259,14 +259,14 @@ def test_works_inside_a_daemonic_forked_process():
     verifier's subprocess workers are fine there, and a fork does not share the parent's pool."""
     import multiprocessing
 
-    assert verify("\\sqrt{8}", "2\\sqrt{2}")  # the parent has a warm pool before the fork
+    assert verify("x^2-4", "(x-2)(x+2)")  # the parent has a warm pool before the fork
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
 
     def child():
         M.clear_cache()
         get_stats(reset=True)
-        queue.put((verify("\\sqrt{12}", "2\\sqrt{3}"), verify("\\sqrt{12}", "3\\sqrt{2}"), get_stats()))
+        queue.put((verify("x^2-9", "(x-3)(x+3)"), verify("x^2-9", "(x-3)(x+4)"), get_stats()))
 
     proc = ctx.Process(target=child, daemon=True)
     proc.start()
