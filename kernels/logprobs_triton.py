@@ -43,14 +43,15 @@ _CHUNK_ELEMENTS = 1 << 28
 # 16-bit forward: 64 x 128 tiles, K steps of 64, 8 warps: ~160-180 registers (one block of
 # 8 warps per SM; 128 x 128 reaches 255 and spills on sm_80 with entropy). The d-logits
 # kernel holds one tile and no running sums, so it takes 128 x 128 (128-176 registers).
-# fp32 multiplies exact fp32 products on the FMA units (not tensor cores): small tiles.
+# fp32 multiplies exact fp32 products on the FMA units (not tensor cores): small tiles over
+# 8 warps (58-120 registers; 4 warps capped at 128 spilled on sm_90).
 # Interpreter: few, large tiles run fastest; tl.dot there needs dims >= 16.
 _INTERPRETER_TILES = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_D=32)
 CONFIGS = {
     ("cuda", 16): {"forward": dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3),
                    "dlogits": dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3)},
-    ("cuda", 32): {"forward": dict(BLOCK_N=32, BLOCK_V=64, BLOCK_D=32, num_warps=4, num_stages=2),
-                   "dlogits": dict(BLOCK_N=32, BLOCK_V=64, BLOCK_D=32, num_warps=4, num_stages=2)},
+    ("cuda", 32): {"forward": dict(BLOCK_N=32, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=2),
+                   "dlogits": dict(BLOCK_N=32, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=2)},
     ("interpret", 16): {"forward": _INTERPRETER_TILES, "dlogits": _INTERPRETER_TILES},
     ("interpret", 32): {"forward": _INTERPRETER_TILES, "dlogits": _INTERPRETER_TILES},
 }
