@@ -35,8 +35,8 @@ from bench import common
 ARCHS = {"sm_90": (90, 232448), "sm_80": (80, 166912)}
 _PTXAS_LINE = re.compile(r"Used (\d+) registers")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-_GROUP_SIZES = (8, 64)
-_FLOAT_POINTERS = ("*fp32", "*bf16", "*fp16")  # group_advantages' BLOCK is the group size rounded up: 16 and 64
+_GROUP_SIZES = (8, 64)  # group_advantages' BLOCK is the group size rounded up: 16 and 64
+_FLOAT_POINTERS = ("*fp32", "*bf16", "*fp16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,12 +205,12 @@ def _drive_ops(algos, linear_logprobs, fused_policy_loss, policy_loss, group_adv
                     loss, _ = policy_loss(lp, old_logp, ref if variant.kl_coef else None, adv, mask, seq, variant,
                                           entropy=e, loss_constant=128, backend="triton")
                     loss.backward()
-            for size in _GROUP_SIZES:
-                b = 4 * size
-                rewards = (torch.rand(b, generator=g) > 0.5).float()
-                lengths = torch.randint(1, 100, (b,), generator=g)
-                group_advantages(rewards, size, variant, lengths=lengths, shaping=torch.rand(b, generator=g),
-                                 backend="triton")
+        for size in _GROUP_SIZES:
+            b = 4 * size
+            rewards = (torch.rand(b, generator=g) > 0.5).float()
+            lengths = torch.randint(1, 100, (b,), generator=g)
+            group_advantages(rewards, size, row, lengths=lengths, shaping=torch.rand(b, generator=g),
+                             backend="triton")
 
 
 def _ptxas():
