@@ -1,6 +1,6 @@
 """Fused linear log-probs, forward + backward: lightrl.kernels.linear_logprobs against eager
 PyTorch (materialised logits), torch.compile of eager, liger-kernel's fused linear cross
-entropy, and the limit: the three N x D x V GEMMs (logits, d hidden, d weight) timed in
+entropy, lightrl's torch backend on CUDA (lightrl_torch; on CPU it is the lightrl row), and the limit: the three N x D x V GEMMs (logits, d hidden, d weight) timed in
 the same process. Prints a table and writes JSON to bench/results/.
 
 Every candidate computes L = sum_i g_i logp_i with a fixed random g and back-propagates
@@ -13,7 +13,7 @@ import torch
 
 from bench import common
 
-CANDIDATES = ("limit", "eager", "compile", "liger", "lightrl")
+CANDIDATES = ("limit", "eager", "compile", "liger", "lightrl", "lightrl_torch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,11 +53,14 @@ def _make_step(name, inputs):
 
         def fn(h, w, t):
             return -loss(w, h, t)  # per-token cross entropy = -logp
-    elif name == "lightrl":
+    elif name in ("lightrl", "lightrl_torch"):
         from lightrl.kernels import linear_logprobs
+        if name == "lightrl_torch" and hidden.device.type != "cuda":
+            raise RuntimeError("n/a (needs CUDA)")
+        backend = "auto" if name == "lightrl" else "torch"
 
         def fn(h, w, t):
-            return linear_logprobs(h, w, t)
+            return linear_logprobs(h, w, t, backend=backend)
     else:
         raise ValueError(f"unknown candidate {name!r}; choose from {CANDIDATES}")
 

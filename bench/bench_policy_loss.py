@@ -7,6 +7,7 @@ Candidates (all compute the same loss of one algorithm row and d hidden, d weigh
   lightrl_torch fused_policy_loss, backend "torch" (CUDA only: on CPU it is the "lightrl" row)
   lightrl_4gemm fused_policy_loss's generic path on the auto backend (forward pass, then backward pass)
   eager         materialised logits, log_softmax, the reference loss, autograd
+  compile       torch.compile of eager
   liger_chunked liger-kernel's LigerFusedLinearGRPOLoss (compiled on CUDA only)
   liger_triton  liger-kernel's Triton grpo_loss on materialised logits (CUDA only)
 Timing (median of round-robin rounds) and peak memory (a fresh subprocess per candidate)
@@ -19,7 +20,8 @@ import torch
 
 from bench import common
 
-CANDIDATES = ("limit", "lightrl", "lightrl_torch", "lightrl_4gemm", "eager", "liger_chunked", "liger_triton")
+CANDIDATES = ("limit", "lightrl", "lightrl_torch", "lightrl_4gemm", "eager", "compile", "liger_chunked",
+              "liger_triton")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,14 +106,16 @@ def _make_step(name, x):
                 x["mask"], x["seq"], b, row, 1.0, t)
             loss.backward()
         return step
-    if name == "eager":
+    if name in ("eager", "compile"):
+        def eager_loss(h, w):
+            logp = torch.log_softmax(h.float() @ w.float().t(), -1).gather(1, x["targets"][:, None])[:, 0]
+            return policy_loss_torch.reference_policy_loss(
+                logp, x["old"], x["ref"], x["adv"][x["seq"]], x["mask"], x["seq"], None, b, row, t)[0]
+        loss_fn = eager_loss if name == "eager" else torch.compile(eager_loss)
+
         def step():
             clear()
-            logits = hidden.float() @ weight.float().t()
-            logp = torch.log_softmax(logits, -1).gather(1, x["targets"][:, None])[:, 0]
-            loss, _ = policy_loss_torch.reference_policy_loss(
-                logp, x["old"], x["ref"], x["adv"][x["seq"]], x["mask"], x["seq"], None, b, row, t)
-            loss.backward()
+            loss_fn(hidden, weight).backward()
         return step
     if name == "liger_chunked":
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss

@@ -6,11 +6,12 @@ run(); bench_verifier uses only versions() and write_json().
 Time: every candidate runs once as a warm-up (and compilation), then --repeat rounds go
 over all candidates in turn, so load from other processes falls on them alike; the
 median is reported.
-Peak memory: the extra memory one step needs over its inputs, each candidate in a fresh
-subprocess (`python -m bench NAME --memory-child CANDIDATE`) after one warm-up step: on
-CUDA torch.cuda.max_memory_allocated; on CPU the peak resident set (VmHWM, reset through
-/proc/self/clear_refs), with glibc's mmap threshold fixed so that freed blocks leave the
-resident set.
+Peak memory: the extra memory one step needs over its inputs, after the warm-up step. On
+CUDA in the same process: torch.cuda.max_memory_allocated counts live tensors exactly, and
+a fresh process would compile every torch.compile candidate again. On CPU each candidate
+runs in a fresh subprocess (`python -m bench NAME --memory-child CANDIDATE`): the peak
+resident set (VmHWM, reset through /proc/self/clear_refs), with glibc's mmap threshold
+fixed so that freed blocks leave the resident set.
 """
 import argparse
 import datetime
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "triton", "transformers", "liger-kernel")
 CPU_MEMORY_METHOD = ("fresh subprocess (MALLOC_MMAP_THRESHOLD_=65536), VmHWM after a warm-up step and a "
                      "/proc/self/clear_refs reset, minus VmRSS")
-CUDA_MEMORY_METHOD = "fresh subprocess, torch.cuda.max_memory_allocated after a warm-up step, minus memory_allocated"
+CUDA_MEMORY_METHOD = "in process, torch.cuda.max_memory_allocated during one step after the warm-up, minus memory_allocated"
 
 
 def add_arguments(parser: argparse.ArgumentParser, bench: str, candidates) -> None:
@@ -111,22 +112,23 @@ def _status_kb(field):
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
+def _cuda_peak_mb(step) -> float:
+    """Extra peak CUDA memory (MB) of one step of an already warmed-up candidate."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def _memory_child(step, device) -> None:
-    """Runs in a fresh process: prints the extra peak memory (MB) of one step over its inputs."""
+    """Runs in a fresh process (CPU): prints the extra peak memory (MB) of one step over its inputs."""
     step()  # warm-up: lazy initialisation and compilation are not the step's memory
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        sync(device)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        base = _status_kb("VmRSS")
-        step()
-        peak = (_status_kb("VmHWM") - base) / 1024
-    print(json.dumps({"peak_mb": peak}))
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    base = _status_kb("VmRSS")
+    step()
+    print(json.dumps({"peak_mb": (_status_kb("VmHWM") - base) / 1024}))
 
 
 def _peak_memory_mb(bench, name, options, device) -> float:
@@ -209,7 +211,8 @@ def run(bench: str, title: str, args, make_inputs, make_step, shape: dict, setti
             row["median_ms"] = statistics.median(row["times_ms"])
             if not args.no_memory:
                 try:
-                    row["peak_mb"] = _peak_memory_mb(bench, row["name"], options, device)
+                    row["peak_mb"] = (_cuda_peak_mb(steps[row["name"]]) if device.type == "cuda"
+                                      else _peak_memory_mb(bench, row["name"], options, device))
                 except Exception as exc:
                     row["note"] = (row.get("note", "") + f" memory n/a: {exc}").strip()
     limit_ms = by.get("limit", {}).get("median_ms")

@@ -41,8 +41,8 @@ class _FusedPolicyLoss(torch.autograd.Function):
         g_ent = grad_ent * grad_loss if grad_ent.numel() else None
         grad_hidden, grad_weight = ctx.lp_impl.logprobs_backward(
             hidden, weight, targets, ctx.temperature, lse, entropy if g_ent is not None else None,
-            grad_logp * grad_loss, g_ent)
-        return (None, None, grad_hidden, grad_weight if ctx.needs_input_grad[3] else None) + (None,) * 10
+            grad_logp * grad_loss, g_ent, want_grad_weight=ctx.needs_input_grad[3])
+        return (None, None, grad_hidden, grad_weight) + (None,) * 10
 
 
 class _FusedTokenLevelTorch(torch.autograd.Function):

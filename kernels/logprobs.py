@@ -32,7 +32,8 @@ class _LinearLogprobs(torch.autograd.Function):
         if grad_logp is None:
             grad_logp = torch.zeros_like(lse)
         grad_hidden, grad_weight = ctx.impl.logprobs_backward(
-            hidden, weight, targets, ctx.temperature, lse, entropy, grad_logp, grad_entropy)
+            hidden, weight, targets, ctx.temperature, lse, entropy, grad_logp, grad_entropy,
+            want_grad_weight=ctx.needs_input_grad[2])
         return None, grad_hidden, grad_weight, None, None, None
 
 

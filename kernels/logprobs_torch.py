@@ -94,7 +94,8 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     return logp, entropy, lse
 
 
-def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy, grad_logp, grad_entropy):
+def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy, grad_logp, grad_entropy,
+                      want_grad_weight: bool = True):
     """Blocked backward: recompute each block of logits, form dL/dz, run the two GEMMs.
 
     With p = softmax(z), z = hidden @ W.T / T and per-row upstream gradients
@@ -109,7 +110,8 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     row of W per token and is added outside the block loop. Rows whose target is
     -100 contribute nothing. lse [N] f32 comes from logprobs_forward; entropy
     [N] f32 is needed only when grad_entropy is given.
-    Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype).
+    Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype, or None
+    without want_grad_weight: a frozen lm_head skips the d-weight GEMM).
     """
     n, v = hidden.shape[0], weight.shape[0]
     w = _as_fp32(weight)
@@ -133,7 +135,7 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
     h_all = h32 * (LOG2E / temperature)
     lse2 = (lse * LOG2E)[:, None]
     grad_hidden = torch.zeros(n, w.shape[1], **f32)
-    grad_weight = torch.zeros(weight.shape, **f32)
+    grad_weight = torch.zeros(weight.shape, **f32) if want_grad_weight else None
     rows, cols = _blocks(n, v)
     y_buf = torch.empty(rows * cols, **f32)
     p_buf = torch.empty(rows * cols, **f32) if with_entropy else None
@@ -149,9 +151,12 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
             else:
                 c = y.exp2_()
             grad_hidden[r0:r1].addmm_(c, w[c0:c1])
-            grad_weight[c0:c1].addmm_(c.t(), h_r[r0:r1])
+            if want_grad_weight:
+                grad_weight[c0:c1].addmm_(c.t(), h_r[r0:r1])
     del y_buf, p_buf, h_all, h_r  # the epilogue's temporaries need not stack on top of them
     grad_hidden.mul_(neg_r).add_(w[safe_t] * (g / temperature)[:, None])
+    if not want_grad_weight:
+        return grad_hidden.to(hidden.dtype), None
     grad_weight.index_add_(0, safe_t, h32 * (g / temperature)[:, None])
     return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype)
 

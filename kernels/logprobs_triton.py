@@ -18,25 +18,56 @@ percent of the GEMM time at LLM vocabulary sizes, and the chunk size bounds it.
 
 Notation as in logprobs_torch.py: z = hidden @ W.T / T, p = softmax(z).
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-IGNORE_INDEX = -100
+from lightrl.kernels import backend
+from lightrl.kernels.logprobs_torch import IGNORE_INDEX
+
+# A jit function may read a module global only when it is a constexpr (compiled Triton
+# refuses plain Python values; the interpreter accepts them, so only a real compile sees it).
+_IGNORE = tl.constexpr(IGNORE_INDEX)
+
+# Triton reads TRITON_INTERPRET when the kernels below are defined, i.e. at import.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Elements of one [chunk, V] dL/dz buffer in the backward (2^28 = 512 MiB in bf16).
 _CHUNK_ELEMENTS = 1 << 28
 
+# Tiles and launch options per (triton_target, bits of the inputs), per kernel. Chosen on
+# paper from the compile tier's ptxas figures (bench/results/compile-*.json, summarised in
+# the README): every 16-bit specialization compiles without spills for sm_80 and sm_90.
+# 16-bit forward: 64 x 128 tiles, K steps of 64, 8 warps: ~160-180 registers (one block of
+# 8 warps per SM; 128 x 128 reaches 255 and spills on sm_80 with entropy). The d-logits
+# kernel holds one tile and no running sums, so it takes 128 x 128 (128-176 registers).
+# fp32 multiplies exact fp32 products on the FMA units (not tensor cores): small tiles over
+# 8 warps (58-120 registers; 4 warps capped at 128 spilled on sm_90).
+# Interpreter: few, large tiles run fastest; tl.dot there needs dims >= 16.
+_INTERPRETER_TILES = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_D=32)
+CONFIGS = {
+    ("cuda", 16): {"forward": dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3),
+                   "dlogits": dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3)},
+    ("cuda", 32): {"forward": dict(BLOCK_N=32, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=2),
+                   "dlogits": dict(BLOCK_N=32, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=2)},
+    ("interpret", 16): {"forward": _INTERPRETER_TILES, "dlogits": _INTERPRETER_TILES},
+    ("interpret", 32): {"forward": _INTERPRETER_TILES, "dlogits": _INTERPRETER_TILES},
+}
 
-def _blocks(device: torch.device):
-    # Interpreter (CPU): few, large tiles run fastest; tl.dot there needs dims >= 16.
-    if device.type == "cuda":
-        return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_N=16, BLOCK_V=64, BLOCK_D=32)
+
+def _config(t: torch.Tensor, kernel: str) -> dict:
+    """Launch configuration of `kernel` ("forward" or "dlogits") for inputs like t."""
+    return CONFIGS[backend.triton_target(t.device), t.element_size() * 8][kernel]
 
 
-def _launch_opts(blocks):
-    return {k: v for k, v in blocks.items() if k in ("num_warps", "num_stages")}
+def _tiles(cfg):
+    return {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
+
+
+def _launch_opts(cfg):
+    return {k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")}
 
 
 @triton.jit
@@ -69,7 +100,7 @@ def _forward_kernel(h_ptr, w_ptr, t_ptr, m_ptr, s_ptr, a_ptr, zt_ptr,
     pid_s = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    tgt = tl.load(t_ptr + rows, mask=row_mask, other=IGNORE_INDEX)
+    tgt = tl.load(t_ptr + rows, mask=row_mask, other=_IGNORE)
     # Finite start so that (m - m_new) * s stays 0 instead of -inf * 0; every
     # split's first tile holds a real column, so m is a real logit afterwards.
     m = tl.full([BLOCK_N], -1e30, dtype=tl.float32)
@@ -114,8 +145,8 @@ def _dlogits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_pt
     col_mask = cols < V
     z = _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, stride_h, stride_w, inv_t,
                      BLOCK_N, BLOCK_V, BLOCK_D, DOT_FP32)
-    tgt = tl.load(t_ptr + rows, mask=row_mask, other=IGNORE_INDEX)
-    ignored = tgt == IGNORE_INDEX
+    tgt = tl.load(t_ptr + rows, mask=row_mask, other=_IGNORE)
+    ignored = tgt == _IGNORE
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     g = tl.where(ignored, 0.0, tl.load(gl_ptr + rows, mask=row_mask, other=0.0))
     logp = z - lse[:, None]
@@ -131,12 +162,21 @@ def _dlogits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, ent_ptr, gl_ptr, ge_ptr, dz_pt
              mask=row_mask[:, None] & col_mask[None, :])
 
 
-def _dot_fp32(t: torch.Tensor) -> bool:
+def _dot_fp32(dtype: torch.dtype) -> bool:
     """Whether tiles are multiplied as fp32 with true fp32 products (tl.dot's default, tf32,
     would cost ~1e-3 relative in fp32 logits). 16-bit tiles use the tensor cores as they
     are, except in Triton 3.9's interpreter, which multiplies bf16 tiles as their raw
-    uint16 bits (np.matmul in its create_dot)."""
-    return t.dtype == torch.float32 or (t.dtype == torch.bfloat16 and t.device.type != "cuda")
+    uint16 bits (np.matmul in its create_dot): a property of the interpreter, not of the
+    launch configuration, so the GPU configuration run through it keeps the workaround."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _INTERPRETED)
+
+
+def _programs_wanted(device: torch.device) -> int:
+    """Programs that fill the device: two per SM on a GPU; in the interpreter a few, enough to
+    exercise the split merge in tests."""
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
 
 
 def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: bool):
@@ -149,23 +189,20 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
     n, d = hidden.shape
     v = weight.shape[0]
-    blk = _blocks(hidden.device)
+    cfg = _config(hidden, "forward")
     if n == 0:
         logp, entropy, lse = (torch.zeros(0, dtype=torch.float32, device=hidden.device) for _ in range(3))
         return logp, (entropy if want_entropy else None), lse
-    n_blocks = triton.cdiv(n, blk["BLOCK_N"])
-    n_vtiles = triton.cdiv(v, blk["BLOCK_V"])
-    if hidden.device.type == "cuda":
-        want_programs = 2 * torch.cuda.get_device_properties(hidden.device).multi_processor_count
-    else:
-        want_programs = 4  # the interpreter: small, but enough to exercise the split merge in tests
-    tiles_per_split = triton.cdiv(n_vtiles, min(n_vtiles, max(1, triton.cdiv(want_programs, n_blocks))))
+    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    n_vtiles = triton.cdiv(v, cfg["BLOCK_V"])
+    want_splits = max(1, triton.cdiv(_programs_wanted(hidden.device), n_blocks))
+    tiles_per_split = triton.cdiv(n_vtiles, min(n_vtiles, want_splits))
     splits = triton.cdiv(n_vtiles, tiles_per_split)
     m, s, a, zt = (torch.empty(splits, n, dtype=torch.float32, device=hidden.device) for _ in range(4))
     _forward_kernel[(n_blocks, splits)](
         hidden, weight, targets, m, s, a, zt, n, d, v, hidden.stride(0), weight.stride(0),
-        1.0 / temperature, tiles_per_split, WANT_ENTROPY=want_entropy, DOT_FP32=_dot_fp32(hidden),
-        BLOCK_N=blk["BLOCK_N"], BLOCK_V=blk["BLOCK_V"], BLOCK_D=blk["BLOCK_D"], **_launch_opts(blk))
+        1.0 / temperature, tiles_per_split, WANT_ENTROPY=want_entropy, DOT_FP32=_dot_fp32(hidden.dtype),
+        **_tiles(cfg), **_launch_opts(cfg))
     m_max = m.amax(dim=0)
     scale = torch.exp(m - m_max)
     s_sum = (s * scale).sum(dim=0)
@@ -180,7 +217,8 @@ def logprobs_forward(hidden, weight, targets, temperature: float, want_entropy: 
     return logp, entropy, lse
 
 
-def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy, grad_logp, grad_entropy):
+def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy, grad_logp, grad_entropy,
+                      want_grad_weight: bool = True):
     """Backward from recomputed logits tiles, chunked over tokens.
 
     With p = softmax(z), z = hidden @ W.T / T, g = grad_logp, e = grad_entropy:
@@ -189,40 +227,44 @@ def logprobs_backward(hidden, weight, targets, temperature: float, lse, entropy,
         grad_hidden = (dL/dz) @ W / T,   grad_weight = (dL/dz).T @ hidden / T.
     Rows with target -100 contribute nothing. lse and entropy [N] f32 come from
     logprobs_forward (entropy only needed when grad_entropy is given).
-    Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype).
+    Returns (grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype, or None
+    without want_grad_weight: a frozen lm_head skips the d-weight GEMM).
     """
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
     lse = lse.contiguous()
     n, d = hidden.shape
     v = weight.shape[0]
-    blk = _blocks(hidden.device)
+    cfg = _config(hidden, "dlogits")
     grad_logp = grad_logp.float().contiguous()
     has_ge = grad_entropy is not None
     if has_ge:
         grad_entropy, entropy = grad_entropy.float().contiguous(), entropy.contiguous()
     if n == 0:
-        return torch.zeros_like(hidden), torch.zeros_like(weight)
-    rows = max(blk["BLOCK_N"], min(n, _CHUNK_ELEMENTS // v // blk["BLOCK_N"] * blk["BLOCK_N"]))
+        return torch.zeros_like(hidden), (torch.zeros_like(weight) if want_grad_weight else None)
+    block_n = cfg["BLOCK_N"]
+    rows = max(block_n, min(n, _CHUNK_ELEMENTS // v // block_n * block_n))
     dz = torch.empty(min(rows, n), v, dtype=weight.dtype, device=hidden.device)
     grad_hidden = torch.empty_like(hidden)
     single = rows >= n
     # Several chunks: sum their d-weight parts in fp32, whatever the weight dtype.
-    grad_weight = None if single else torch.zeros(v, d, dtype=torch.float32, device=weight.device)
+    grad_weight = None if single or not want_grad_weight else torch.zeros(v, d, dtype=torch.float32,
+                                                                            device=weight.device)
     for s in range(0, n, rows):
         e = min(s + rows, n)
         dz_c = dz[: e - s]
-        grid = (triton.cdiv(e - s, blk["BLOCK_N"]), triton.cdiv(v, blk["BLOCK_V"]))
+        grid = (triton.cdiv(e - s, block_n), triton.cdiv(v, cfg["BLOCK_V"]))
         _dlogits_kernel[grid](
             hidden[s:e], weight, targets[s:e], lse[s:e], entropy[s:e] if has_ge else lse, grad_logp[s:e],
             grad_entropy[s:e] if has_ge else grad_logp, dz_c, e - s, d, v, hidden.stride(0), weight.stride(0),
-            dz_c.stride(0), 1.0 / temperature, HAS_GRAD_ENTROPY=has_ge, DOT_FP32=_dot_fp32(hidden),
-            BLOCK_N=blk["BLOCK_N"], BLOCK_V=blk["BLOCK_V"], BLOCK_D=blk["BLOCK_D"], **_launch_opts(blk))
+            dz_c.stride(0), 1.0 / temperature, HAS_GRAD_ENTROPY=has_ge, DOT_FP32=_dot_fp32(hidden.dtype),
+            **_tiles(cfg), **_launch_opts(cfg))
         torch.mm(dz_c, weight, out=grad_hidden[s:e])
+        if not want_grad_weight:
+            continue
         if single:
             grad_weight = torch.mm(dz_c.t(), hidden[s:e])
         elif weight.dtype == torch.float32:
             grad_weight.addmm_(dz_c.t(), hidden[s:e])
         else:  # a 16-bit GEMM per chunk (fp32 accumulation inside), summed across chunks in fp32
             grad_weight += torch.mm(dz_c.t(), hidden[s:e])
-    return grad_hidden, grad_weight.to(weight.dtype)
-
+    return grad_hidden, (grad_weight.to(weight.dtype) if want_grad_weight else None)

@@ -13,14 +13,18 @@ import torch
 import triton
 import triton.language as tl
 
-from lightrl.kernels import policy_loss_torch as ref
+from lightrl.kernels import backend, policy_loss_torch
 
-LOG_RATIO_CLAMP = ref.LOG_RATIO_CLAMP
-KL_LOG_RATIO_CLAMP = ref.KL_LOG_RATIO_CLAMP
+LOG_RATIO_CLAMP = policy_loss_torch.LOG_RATIO_CLAMP
+KL_LOG_RATIO_CLAMP = policy_loss_torch.KL_LOG_RATIO_CLAMP
+
+# Tokens per program and warps per triton_target (both kernels are memory-bound streams of
+# [N] vectors: 1024 tokens over 4 warps is 8 per thread, 16-byte loads of fp32).
+CONFIGS = {"cuda": dict(BLOCK=1024, num_warps=4), "interpret": dict(BLOCK=64)}
 
 
-def _block(device):
-    return 1024 if device.type == "cuda" else 64
+def _config(device):
+    return CONFIGS[backend.triton_target(device)]
 
 
 @triton.jit
@@ -165,22 +169,23 @@ def seq_stats(logp, old_logp, mask_i8, seq_index, num_seqs: int, row, loss_const
         seq_ratio = row.ratio == "sequence" and old_logp is not None
         _seq_stats_kernel[(num_seqs,)](
             logp, old_logp if seq_ratio else logp, mask_i8, starts, ends, count, seq_lr,
-            SEQ_RATIO=seq_ratio, BLOCK=_block(dev))
-    return count, seq_lr, ref.aggregation_scalars(count, loss_constant)
+            SEQ_RATIO=seq_ratio, **_config(dev))
+    return count, seq_lr, policy_loss_torch.aggregation_scalars(count, loss_constant)
 
 
 def token_terms(logp, old_logp, ref_logp, adv, mask_i8, seq_index, entropy, count, seq_lr, scalars, row):
     """Triton twin of policy_loss_torch.token_terms (mask given as int8, inputs contiguous f32)."""
     n = logp.shape[0]
     dev = logp.device
-    block = _block(dev)
+    cfg = _config(dev)
+    block = cfg["BLOCK"]
     blocks = max(1, triton.cdiv(n, block))
     grad = torch.empty(n, dtype=torch.float32, device=dev)
     ent_grad = row.entropy_coef != 0 and entropy is not None
     grad_ent = torch.empty(n, dtype=torch.float32, device=dev) if ent_grad else None
     loss_parts = torch.empty(blocks, dtype=torch.float32, device=dev)
     parts = torch.empty(blocks, 8, dtype=torch.float32, device=dev)
-    ratio = 0 if (row.ratio == "none" or old_logp is None) else ref.RATIO_CODES[row.ratio]
+    ratio = 0 if (row.ratio == "none" or old_logp is None) else policy_loss_torch.RATIO_CODES[row.ratio]
     _token_kernel[(blocks,)](
         logp, old_logp if old_logp is not None else logp, ref_logp if ref_logp is not None else logp, adv,
         mask_i8, seq_index, entropy if entropy is not None else logp, count, seq_lr, scalars,
@@ -188,9 +193,10 @@ def token_terms(logp, old_logp, ref_logp, adv, mask_i8, seq_index, entropy, coun
         1.0 - row.eps_low, 1.0 + row.eps_high, float(row.dual_clip or 0.0), float(row.kl_coef),
         float(row.entropy_coef),
         RATIO=ratio, CISPO=row.clip_mode == "cispo", DUAL=row.dual_clip is not None, HAS_REF=ref_logp is not None,
-        KL_CODE=ref.KL_CODES[row.kl_estimator], KL_PLUS=row.kl_estimator.endswith("+"),
+        KL_CODE=policy_loss_torch.KL_CODES[row.kl_estimator], KL_PLUS=row.kl_estimator.endswith("+"),
         KL_IN_LOSS=row.kl_in_loss, HAS_ENT=entropy is not None, ENT_GRAD=ent_grad,
-        AGG=ref.AGG_CODES[row.aggregate], CLAMP=LOG_RATIO_CLAMP, KL_CLAMP=KL_LOG_RATIO_CLAMP, BLOCK=block)
+        AGG=policy_loss_torch.AGG_CODES[row.aggregate], CLAMP=LOG_RATIO_CLAMP, KL_CLAMP=KL_LOG_RATIO_CLAMP,
+        **cfg)
     total = parts.sum(0)
     total[3] = parts[:, 3].max()
     return loss_parts.sum(), grad, grad_ent, total

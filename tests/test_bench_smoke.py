@@ -1,9 +1,12 @@
 """The kernel benchmarks at tiny shapes: the table, the limit and eager columns, the n/a rows,
 the peak-memory subprocesses and the JSON stay in working order."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +45,26 @@ def test_bench_policy_loss_tiny(tmp_path):
     _check_measured(rows, ("limit", "lightrl"))
     assert rows["lightrl"]["x_eager"] is None  # no eager row asked for
     assert "median_ms" not in rows["lightrl_torch"] and rows["lightrl_torch"]["note"] == "n/a (needs CUDA)"
+
+
+@pytest.mark.slow
+def test_bench_gpu_dry_run(tmp_path):
+    """python -m bench gpu --dry-run: every part of the device check runs on CPU and writes its JSON."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script sets it where needed
+    run = subprocess.run([sys.executable, "-m", "bench", "gpu", "--dry-run", "--out-dir", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["dry_run"] is True and summary["versions"]["torch"]
+    parts = {p["part"]: p for p in summary["parts"]}
+    assert set(parts) == {"tests", "train-triton", "train-torch", "logprobs-tiny", "policy_loss-tiny"}
+    assert all(p["rc"] == 0 for p in parts.values())
+    assert "collected" in parts["tests"]["summary"]
+    for backend in ("triton", "torch"):
+        train = json.loads((tmp_path / f"train-{backend}.json").read_text())
+        assert train["steps"] == 2 and train["median_step_time_s"] > 0 and 0 <= train["reward_last3"] <= 1
+    for bench in ("logprobs", "policy_loss"):
+        rows = {r["name"]: r for r in json.loads((tmp_path / f"{bench}-tiny.json").read_text())["candidates"]}
+        assert rows["limit"]["x_limit"] == 1.0 and rows["lightrl"]["median_ms"] > 0
+        assert rows["lightrl_torch"]["note"] == "n/a (needs CUDA)"
+        assert parts[f"{bench}-tiny"]["x_limit"]["lightrl"] == rows["lightrl"]["x_limit"]

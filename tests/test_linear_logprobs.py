@@ -234,3 +234,103 @@ def test_torch_backend_never_allocates_n_by_v():
     assert ref > 2 * nv_mb, f"reference peak {ref:.0f} MB, expected > 2 x {nv_mb:.0f} MB"
     # Ours: one logits block (<= 32 MB), grad weight (4 MB), [N, D] copies (1 MB each).
     assert ours < 0.1 * nv_mb, f"torch backend peak {ours:.0f} MB vs one N x V tensor {nv_mb:.0f} MB"
+
+
+@pytest.fixture
+def cuda_config(monkeypatch):
+    """The Triton kernels take the launch configuration of a GPU (tiles, warps, splits) while still
+    running through the interpreter on CPU tensors."""
+    from lightrl.kernels import backend
+    monkeypatch.setattr(backend, "triton_target", lambda device: "cuda")
+    return _triton_module()
+
+
+CUDA_CASES = {
+    # name: (n, d, v, dtype, temperature, hidden scale, ignored rows); V = 1000 gives 8 vocabulary
+    # tiles of 128 in 16 bits, split 4 ways with 2 tiles each; N = 150 is 2 + 1 token blocks.
+    "bf16": (150, 72, 1000, torch.bfloat16, 1.3, 1.0, (3, 149)),
+    "fp16": (37, 64, 1000, torch.float16, 1.0, 1.0, ()),
+    "fp32": (37, 40, 300, torch.float32, 0.7, 1.0, (0,)),
+    "fp32-large-logits": (16, 16, 200, torch.float32, 0.5, 300.0, ()),
+}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("entropy", [True, False], ids=["entropy", "logp-only"])
+@pytest.mark.parametrize("case", list(CUDA_CASES))
+def test_cuda_configuration_parity(cuda_config, case, entropy):
+    n, d, v, dtype, temperature, scale, ignore = CUDA_CASES[case]
+    args = _inputs(n, d, v, dtype, scale=scale, ignore=ignore)
+    bits = 16 if dtype != torch.float32 else 32
+    assert cuda_config._config(args[0], "forward") is cuda_config.CONFIGS["cuda", bits]["forward"]
+    ref = _run("reference", *args, temperature, entropy)
+    got = _run("triton", *args, temperature, entropy)
+    fwd_tol, grad_tol = TOL[dtype]
+    _close(got[0], ref[0], fwd_tol, "logp")
+    if entropy:
+        _close(got[1], ref[1], fwd_tol, "entropy")
+    _close(got[2], ref[2], grad_tol, "grad hidden")
+    _close(got[3], ref[3], grad_tol, "grad weight")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_cuda_configuration_backward_in_chunks(cuda_config, dtype, monkeypatch):
+    """The GPU backward's token chunks (d weight summed over chunks in fp32) with its block sizes."""
+    block_n = cuda_config.CONFIGS["cuda", 16 if dtype != torch.float32 else 32]["dlogits"]["BLOCK_N"]
+    hidden, weight, targets, g_logp, g_ent = _inputs(2 * block_n + 5, 64, 300, dtype, ignore=(1,))
+    monkeypatch.setattr(cuda_config, "_CHUNK_ELEMENTS", block_n * 300)  # chunks of BLOCK_N rows: 3 chunks
+    calls = []
+    real = cuda_config._dlogits_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+    monkeypatch.setattr(cuda_config, "_dlogits_kernel", Counting())
+    ref = _run("reference", hidden, weight, targets, g_logp, g_ent, 1.0, True)
+    got = _run("triton", hidden, weight, targets, g_logp, g_ent, 1.0, True)
+    assert [g[0] for g in calls] == [1, 1, 1]
+    _, grad_tol = TOL[dtype]
+    _close(got[2], ref[2], grad_tol, "grad hidden")
+    _close(got[3], ref[3], grad_tol, "grad weight")
+
+
+@pytest.mark.parametrize("module", ["torch", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_frozen_weight_skips_the_weight_gradient(module, monkeypatch):
+    """A frozen lm_head (weight.requires_grad False): the backward is asked for no d weight, computes
+    none (no d-weight GEMM), and d hidden is the same as with a trainable head."""
+    impl = logprobs_torch if module == "torch" else _triton_module()
+    hidden, weight, targets, g_logp, g_ent = _inputs(29, 24, 150, torch.float32, ignore=(3,))
+    lse = impl.logprobs_forward(hidden, weight, targets, 1.0, True)[2]
+    _, ent, _ = impl.logprobs_forward(hidden, weight, targets, 1.0, True)
+    gh_frozen, gw_frozen = impl.logprobs_backward(hidden, weight, targets, 1.0, lse, ent, g_logp, g_ent,
+                                                  want_grad_weight=False)
+    gh, gw = impl.logprobs_backward(hidden, weight, targets, 1.0, lse, ent, g_logp, g_ent)
+    assert gw_frozen is None and gw.shape == weight.shape
+    assert torch.equal(gh_frozen, gh)
+
+    asked = []
+    real = impl.logprobs_backward
+
+    def spy(*args, want_grad_weight=True):
+        asked.append(want_grad_weight)
+        return real(*args, want_grad_weight=want_grad_weight)
+    monkeypatch.setattr(impl, "logprobs_backward", spy)
+    h = hidden.clone().requires_grad_()
+    logp, entropy = linear_logprobs(h, weight, targets, return_entropy=True, backend=module)
+    (logp * g_logp + entropy * g_ent).sum().backward()
+    assert asked == [False] and weight.grad is None
+    _close(h.grad, gh, 1e-6, "grad hidden with a frozen head")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_cuda_triton_matches_reference(dtype):
+    """GPU tier: the compiled kernels at a ragged GPT-2-size vocabulary (50257) and N not a tile multiple."""
+    args = [a.cuda() for a in _inputs(1031, 512, 50257, dtype, ignore=(0, 1030))]
+    ref = _run("reference", *args, 0.9, True)
+    got = _run("triton", *args, 0.9, True)
+    fwd_tol, grad_tol = TOL[dtype]
+    for i, what in enumerate(("logp", "entropy", "grad hidden", "grad weight")):
+        _close(got[i], ref[i], fwd_tol if i < 2 else grad_tol, what)

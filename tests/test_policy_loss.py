@@ -400,3 +400,66 @@ def test_fused_cuda_bf16_matches_torch_backend(name):
     torch.testing.assert_close(a[2], b[2], rtol=2e-2, atol=1e-3)
     for k in METRICS:
         torch.testing.assert_close(a[3][k], b[3][k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def cuda_config(monkeypatch):
+    """Triton kernels with the GPU launch configuration (BLOCK=1024 tokens per program, the
+    log-prob tiles and splits), run through the interpreter on CPU tensors."""
+    from lightrl.kernels import backend
+    monkeypatch.setattr(backend, "triton_target", lambda device: "cuda")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", ["grpo", "dapo", "gspo", "cispo", "dr-grpo", "rloo"])
+def test_cuda_configuration_policy_loss(cuda_config, name):
+    from lightrl.kernels import policy_loss_triton
+    assert policy_loss_triton._config(torch.empty(0).device)["BLOCK"] == 1024
+    # 1100 tokens: two programs of 1024, sequences crossing the block boundary.
+    lens = [300, 0, 517, 128, 1, 154]
+    logp, old, ref, adv, mask, seq, ent = make_batch(lens, seed=3)
+    for row in variants(name):
+        check_against_formula(row, logp, old, ref, adv, mask, seq, ent, backends=["triton"], loss_constant=600)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", ["grpo", "gspo"])
+def test_cuda_configuration_fused_bf16(cuda_config, name):
+    inputs = fused_inputs([70, 0, 90, 33], d=64, v=600, dtype=torch.bfloat16, seed=4)
+    row = ALGOS[name].with_overrides(entropy_coef=0.01, kl_coef=0.02)
+    want_loss, _, want_gh, want_gw = fused_formula(row, *inputs)
+    loss, m, gh, gw = run_fused("triton", row, *inputs)
+    assert gh.dtype == gw.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gh.float(), want_gh, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(gw.float(), want_gw, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["grpo", "gspo"])
+def test_fused_frozen_weight_skips_the_weight_gradient(backend, name, monkeypatch):
+    """Frozen lm_head: no d weight is computed on either path (token-level and generic), d hidden unchanged."""
+    from lightrl.kernels import fused_policy_loss_torch, logprobs_torch, logprobs_triton
+    hidden, weight, targets, old, ref, adv, mask, seq = fused_inputs([6, 5, 7], seed=5)
+    row = ALGOS[name]
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    loss, _ = fused_policy_loss(h, w, targets, old, ref, adv, mask, seq, row, temperature=0.7, backend=backend)
+    loss.backward()
+    asked = []
+    for module, fn in ((logprobs_torch, "logprobs_backward"), (logprobs_triton, "logprobs_backward"),
+                       (fused_policy_loss_torch, "fused_token_level")):
+        real = getattr(module, fn)
+
+        def spy(*args, _real=real, want_grad_weight=True, **kw):
+            asked.append(want_grad_weight)
+            return _real(*args, want_grad_weight=want_grad_weight, **kw)
+        monkeypatch.setattr(module, fn, spy)
+    h2 = hidden.clone().requires_grad_(True)
+    loss2, _ = fused_policy_loss(h2, weight, targets, old, ref, adv, mask, seq, row, temperature=0.7,
+                                 backend=backend)
+    loss2.backward()
+    assert asked == [False] and weight.grad is None
+    torch.testing.assert_close(loss2, loss)
+    torch.testing.assert_close(h2.grad, h.grad, rtol=1e-6, atol=1e-7)
