@@ -43,3 +43,25 @@ def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend
         from lightrl.kernels import advantage_triton  # imported late: only where Triton can run
         return advantage_triton.group_advantages_triton(rewards, gid, num_groups, row, lengths, shaping)
     return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths, shaping)
+
+
+def token_advantages(advantages, seq_index, mask, row, *, kl=None):
+    """Per-token advantages [N] f32 of ``row`` from per-sequence ones: the per-token KL reward as a
+    return-to-go (row.kl_per_token) and whitening over the mask tokens (row.whiten); 0 outside the mask.
+
+    advantages [S] f32 (group_advantages'), seq_index [N] int64 non-decreasing in [0, S), mask [N]
+    bool, kl [N] f32 (the row's KL estimator per token; needed when row.kl_per_token and kl_coef > 0).
+    Elementwise work plus three reductions, so one PyTorch path serves every backend. Math in
+    advantage_torch.py.
+    """
+    n = seq_index.shape[0]
+    if advantages.dim() != 1:
+        raise ValueError(f"advantages must be [S] per sequence, got {tuple(advantages.shape)}")
+    if mask.shape != (n,) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool [N={n}] like seq_index, got {mask.dtype} {tuple(mask.shape)}")
+    if n and int(seq_index.max()) >= advantages.numel():
+        raise ValueError(f"seq_index reaches {int(seq_index.max())} but advantages has {advantages.numel()} entries")
+    if row.kl_per_token and row.kl_coef > 0 and (kl is None or kl.shape != (n,)):
+        raise ValueError(f"row has kl_per_token with kl_coef={row.kl_coef}: pass kl [N={n}], the per-token "
+                         "KL estimate")
+    return advantage_torch.token_advantages_torch(advantages, seq_index, mask, row, kl)

@@ -12,6 +12,12 @@ so pm1 does not rescale them):
             two samples is 0, and row.std_eps keeps the division finite.
   advantage (t - baseline) / (scale + std_eps) on kept samples, 0 elsewhere. A group with
             a single kept sample gets advantage 0 under either baseline.
+
+Per-token advantages (token_advantages_torch), for rows with row.token_advantages: with a_s the
+sequence's advantage and k_t a per-token KL estimate (0 outside the mask),
+  kl_per_token  A_t = a_s - kl_coef * sum_{i >= t, i in s} k_i   (REINFORCE++'s return-to-go)
+  whiten        A_t <- (A_t - mean) / (unbiased std + std_eps), both over the mask tokens
+and A_t = 0 outside the mask.
 """
 import torch
 
@@ -133,3 +139,24 @@ def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None,
     if row.scale == "batch_std":
         adv = adv / (batch_std(adv, keep) + row.std_eps)
     return adv, keep
+
+
+def token_advantages_torch(advantages, seq_index, mask, row, kl=None):
+    """advantages [S] f32, seq_index [N] int64 non-decreasing, mask [N] bool, kl [N] or None.
+    Returns per-token advantages [N] f32 (math in the module docstring)."""
+    a = advantages.float()[seq_index]
+    if row.kl_per_token and kl is not None and row.kl_coef > 0:
+        k = torch.where(mask, kl.double(), 0.0)
+        # Suffix sums over the flat layout minus the suffix sum where the next sequence starts; in
+        # float64 so the difference of two long sums keeps fp32's precision of the sequence's own sum.
+        suffix = torch.cat([k.flip(0).cumsum(0).flip(0), k.new_zeros(1)])
+        ends = torch.bincount(seq_index, minlength=advantages.numel()).cumsum(0)
+        a = a - row.kl_coef * (suffix[:-1] - suffix[ends[seq_index]]).float()
+    a = torch.where(mask, a, 0.0)
+    if row.whiten:
+        mf = mask.float()
+        n = mf.sum()
+        mean = a.sum() / n.clamp(min=1.0)
+        std = (((a - mean) ** 2 * mf).sum() / (n - 1.0).clamp(min=1.0)).sqrt()
+        a = torch.where(mask, (a - mean) / (std + row.std_eps), 0.0)
+    return a

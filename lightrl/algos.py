@@ -77,6 +77,11 @@ class AlgoRow:
       kl_in_reward    bool: subtract kl_coef * (sequence sum of the estimator) from the reward, after
                       reward_map and before the baseline (the loop passes it to group_advantages as
                       shaping), instead of adding kl_coef * KL to the loss.
+      kl_per_token    bool, with kl_in_reward: the estimator is a per-token reward instead, so token t's
+                      advantage is the sequence's minus kl_coef * (sum of k_i over its tokens i >= t), the
+                      return-to-go with gamma 1 (REINFORCE++); added after the advantage step.
+      whiten          bool: per-token advantages whitened over the batch's mask tokens (of the kept
+                      sequences), (A - mean) / (unbiased std + std_eps): REINFORCE++'s global normalization.
       entropy_coef    float: the loss gets - entropy_coef * entropy (a bonus when > 0).
 
     Aggregation of token terms into the scalar loss (tokens = the mask-true tokens):
@@ -108,6 +113,8 @@ class AlgoRow:
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
+    kl_per_token: bool = False
+    whiten: bool = False
     entropy_coef: float = 0.0
     aggregate: str = "token_mean"
     source: str = ""
@@ -137,6 +144,8 @@ class AlgoRow:
         _check(0 <= self.overlong_buffer < 1, "overlong_buffer", self.overlong_buffer,
                "in [0, 1): a fraction of the max completion length")
         _check(self.overlong_penalty >= 0, "overlong_penalty", self.overlong_penalty, ">= 0")
+        if self.kl_per_token:
+            _check(self.kl_in_reward, "kl_per_token", self.kl_per_token, "False unless kl_in_reward is True")
         if self.dual_clip is not None:
             _check(self.dual_clip > 1, "dual_clip", self.dual_clip, "None or > 1")
             _check(self.clip_mode == "ppo", "dual_clip", self.dual_clip, "None when clip_mode='cispo'")
@@ -155,6 +164,11 @@ class AlgoRow:
     def kl_in_loss(self) -> bool:
         """Whether policy_loss adds kl_coef * KL per token (else KL is off or in the reward)."""
         return self.kl_coef > 0 and not self.kl_in_reward
+
+    @property
+    def token_advantages(self) -> bool:
+        """Whether advantages differ between the tokens of a sequence (per-token KL reward, whitening)."""
+        return (self.kl_per_token and self.kl_coef > 0) or self.whiten
 
     def overlong_buffer_tokens(self, max_length: int) -> int:
         """The soft overlong zone in tokens for a given max completion length (0 = off)."""
@@ -176,7 +190,7 @@ class AlgoRow:
 
 
 _INT_FIELDS = ("top_k", "sample_factor")
-_BOOL_FIELDS = ("refill", "kl_in_reward")
+_BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten")
 _FLOAT_FIELDS = ("overlong_buffer", "overlong_penalty", "std_eps", "eps_low", "eps_high",
                  "kl_coef", "entropy_coef")
 
@@ -211,6 +225,7 @@ def _parse(name: str, value):
 
 _MINIMALIST = "Xiong et al. 2025, A Minimalist Approach to LLM Reasoning (arXiv 2504.11343)"
 _GRPO = "Shao et al. 2024, DeepSeekMath (arXiv 2402.03300)"
+_REINFORCE_PP = "Hu et al. 2025, REINFORCE++ (arXiv 2501.03262)"
 
 ALGOS: dict[str, AlgoRow] = {
     # RAFT (Dong et al. 2023, arXiv 2304.06767) as run in the Minimalist paper: SFT on the
@@ -262,6 +277,16 @@ ALGOS: dict[str, AlgoRow] = {
     "cispo": AlgoRow(baseline="group_mean", scale="group_std", clip_mode="cispo",
                      eps_low=1.0, eps_high=0.28, aggregate="token_mean",
                      source="MiniMax 2025, MiniMax-M1 (arXiv 2506.13585)"),
+    # REINFORCE++ (Hu et al. 2025): no critic, no group baseline; the outcome reward minus the
+    # token-level k1 KL as a return-to-go, then advantages whitened over the whole batch's tokens.
+    "reinforce++": AlgoRow(ratio="token", eps_low=0.2, eps_high=0.2, kl_coef=0.01, kl_estimator="k1",
+                           kl_in_reward=True, kl_per_token=True, whiten=True, aggregate="token_mean",
+                           source=_REINFORCE_PP),
+    # REINFORCE++-baseline (same paper, for groups of samples per prompt): group-mean baseline, then
+    # the same global whitening; the KL moves to the loss as k2.
+    "reinforce++-baseline": AlgoRow(baseline="group_mean", ratio="token", eps_low=0.2, eps_high=0.2,
+                                    kl_coef=0.01, kl_estimator="k2", whiten=True, aggregate="token_mean",
+                                    source=_REINFORCE_PP),
 }
 
 
@@ -301,6 +326,10 @@ def _describe(row: AlgoRow) -> list[str]:
             ratio += f", dual-clip {row.dual_clip:g}"
     kl = "-" if row.kl_coef == 0 else (
         f"{row.kl_estimator} x {row.kl_coef:g} in {'reward' if row.kl_in_reward else 'loss'}")
+    if row.kl_coef and row.kl_per_token:
+        kl += " per token (return-to-go)"
+    if row.whiten:
+        adv += ", whitened over the batch's tokens"
     agg = row.aggregate
     if row.entropy_coef:
         agg += f", entropy {row.entropy_coef:g}"

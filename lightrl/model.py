@@ -74,11 +74,14 @@ class Policy:
                           for mb in batch.micro(micro_batch)])
 
     @torch.no_grad()
+    def token_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
+        """The KL(pi || ref) estimator [N] f32 of every completion token, 0 outside the mask (kl_in_reward)."""
+        logp, ref_logp = (self.logprobs(net, batch, micro_batch) for net in (self.model, self.ref_model))
+        return kl_terms(logp, ref_logp, batch.mask, estimator)[0]
+
     def sequence_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
         """Per-sequence sums [S] f32 over mask tokens of the KL(pi || ref) estimator (kl_in_reward)."""
-        logp, ref_logp = (self.logprobs(net, batch, micro_batch) for net in (self.model, self.ref_model))
-        k, _ = kl_terms(logp, ref_logp, batch.mask, estimator)
-        return batch.seq_sum(k)
+        return batch.seq_sum(self.token_kl(batch, micro_batch, estimator))
 
     @torch.no_grad()
     def entropy(self, hidden, mb) -> float:

@@ -9,7 +9,9 @@
                                before the first update when they can differ from the current ones
                                (several updates per batch); otherwise the loss is on-policy;
   kl_coef (needs_ref)          a frozen reference copy gives reference log-probs; kl_in_reward
-                               moves the KL into the reward before advantages;
+                               moves the KL into the reward before advantages (kl_per_token:
+                               as per-token rewards after them);
+  token_advantages             per-token advantages (KL return-to-go, whitening) in extras;
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
 A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
 tokens reach fused_policy_loss (hidden states and the lm_head weight, never [tokens x vocab]
@@ -29,7 +31,7 @@ from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
 from lightrl.data import PromptSampler
 from lightrl.errors import RunStopped
-from lightrl.kernels import fused_policy_loss, group_advantages, merge_metrics
+from lightrl.kernels import fused_policy_loss, group_advantages, merge_metrics, token_advantages
 from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
 from lightrl.rewards.combined import reward_stats
@@ -90,8 +92,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
         skip_reason = "non-finite reward" if nonfinite else None
         shaping, reward_kl_mean = batch.shaping, None
         if row.kl_in_reward and skip_reason is None:
-            kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
-            shaping = shaping - row.kl_coef * kl
+            if row.kl_per_token:  # a per-token reward: enters after the advantage step
+                batch.extras["kl"] = policy.token_kl(batch, cfg.micro_batch, row.kl_estimator)
+                kl = batch.seq_sum(batch.extras["kl"])
+            else:
+                kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
+                shaping = shaping - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
             reward_kl_mean = kl.sum().item() / max(int(batch.mask.sum()), 1)
         batch.advantages, batch.keep = group_advantages(batch.scores, batch.group, row, lengths=batch.lengths,
@@ -100,6 +106,9 @@ def train(cfg: Config, start: Start | None = None) -> str:
         if skip_reason is None and not batch.keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
         kept = batch.select(batch.keep)
+        if row.token_advantages:
+            kept.extras["advantages"] = token_advantages(kept.advantages, kept.seq_index, kept.mask, row,
+                                                         kl=kept.extras.get("kl"))
         scale = kept.loss_scale(loss_constant)
         if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
@@ -246,8 +255,8 @@ def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float,
         hidden = policy.hidden(policy.model, mb)
         loss, metrics = fused_policy_loss(
             hidden, policy.weight(policy.model), mb.targets, mb.extras.get("old_logp"), mb.extras.get("ref_logp"),
-            mb.advantages, mb.mask, mb.seq_index, row, temperature=cfg.temperature, scale=scale,
-            backend=cfg.backend)
+            mb.extras.get("advantages", mb.advantages), mb.mask, mb.seq_index, row, temperature=cfg.temperature,
+            scale=scale, backend=cfg.backend)
         if entropy is None:
             entropy = policy.entropy(hidden, mb)
         loss.backward()

@@ -6,7 +6,8 @@ import pytest
 from lightrl.algos import ALGOS, CHOICES, AlgoRow, algos_markdown, get_algo
 
 ROWS = ["raft", "raft++", "reinforce", "reinforce-rej", "reinforce-remove-all-wrong",
-        "reinforce-remove-all-correct", "grpo-mean-only", "grpo", "dr-grpo", "dapo", "gspo", "gfpo", "rloo", "cispo"]
+        "reinforce-remove-all-correct", "grpo-mean-only", "grpo", "dr-grpo", "dapo", "gspo", "gfpo", "rloo", "cispo",
+        "reinforce++", "reinforce++-baseline"]
 
 
 def test_every_row_present_and_distinct():
@@ -31,6 +32,10 @@ def test_defining_fields():
     assert ALGOS["gfpo"].keep == "top_k" and ALGOS["gfpo"].sample_factor == 2
     assert ALGOS["rloo"].baseline == "leave_one_out"
     assert ALGOS["cispo"].clip_mode == "cispo"
+    assert ALGOS["reinforce++"].kl_per_token and ALGOS["reinforce++"].kl_estimator == "k1"
+    assert ALGOS["reinforce++"].whiten and ALGOS["reinforce++"].baseline == "none"
+    assert ALGOS["reinforce++-baseline"].whiten and ALGOS["reinforce++-baseline"].baseline == "group_mean"
+    assert not ALGOS["grpo"].token_advantages and ALGOS["reinforce++"].token_advantages
 
 
 def test_overrides_parse_strings_and_keep_other_fields():
