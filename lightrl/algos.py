@@ -83,6 +83,9 @@ class AlgoRow:
       whiten          bool: per-token advantages whitened over the batch's mask tokens (of the kept
                       sequences), (A - mean) / (unbiased std + std_eps): REINFORCE++'s global normalization.
       entropy_coef    float: the loss gets - entropy_coef * entropy (a bonus when > 0).
+      entropy_top_frac float in (0, 1]: the policy-gradient term counts only on the batch's top fraction
+                      of mask tokens by the policy's entropy (Wang et al. 2025, "80/20": 0.2); KL and
+                      entropy terms still count everywhere. 1 = every token (off).
 
     Aggregation of token terms into the scalar loss (tokens = the mask-true tokens):
       aggregate       "token_mean": mean over all tokens of the batch;
@@ -116,6 +119,7 @@ class AlgoRow:
     kl_per_token: bool = False
     whiten: bool = False
     entropy_coef: float = 0.0
+    entropy_top_frac: float = 1.0
     aggregate: str = "token_mean"
     source: str = ""
 
@@ -141,6 +145,8 @@ class AlgoRow:
         _check(0 <= self.eps_low <= 1, "eps_low", self.eps_low, "in [0, 1] (the lower clip is 1 - eps_low)")
         _check(self.eps_high >= 0, "eps_high", self.eps_high, ">= 0")
         _check(self.kl_coef >= 0, "kl_coef", self.kl_coef, ">= 0")
+        _check(0 < self.entropy_top_frac <= 1, "entropy_top_frac", self.entropy_top_frac,
+               "in (0, 1]: the fraction of tokens, by entropy, the policy gradient acts on (1 = all)")
         _check(0 <= self.overlong_buffer < 1, "overlong_buffer", self.overlong_buffer,
                "in [0, 1): a fraction of the max completion length")
         _check(self.overlong_penalty >= 0, "overlong_penalty", self.overlong_penalty, ">= 0")
@@ -164,6 +170,11 @@ class AlgoRow:
     def kl_in_loss(self) -> bool:
         """Whether policy_loss adds kl_coef * KL per token (else KL is off or in the reward)."""
         return self.kl_coef > 0 and not self.kl_in_reward
+
+    @property
+    def selects_by_entropy(self) -> bool:
+        """Whether the policy-gradient term acts only on the high-entropy tokens (entropy_top_frac < 1)."""
+        return self.entropy_top_frac < 1
 
     @property
     def token_advantages(self) -> bool:
@@ -192,7 +203,7 @@ class AlgoRow:
 _INT_FIELDS = ("top_k", "sample_factor")
 _BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten")
 _FLOAT_FIELDS = ("overlong_buffer", "overlong_penalty", "std_eps", "eps_low", "eps_high",
-                 "kl_coef", "entropy_coef")
+                 "kl_coef", "entropy_coef", "entropy_top_frac")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:
@@ -333,4 +344,6 @@ def _describe(row: AlgoRow) -> list[str]:
     agg = row.aggregate
     if row.entropy_coef:
         agg += f", entropy {row.entropy_coef:g}"
+    if row.entropy_top_frac < 1:
+        agg += f", policy gradient on the top {row.entropy_top_frac:.0%} of tokens by entropy"
     return [reward, keep, adv, ratio, kl, agg, row.source]

@@ -67,11 +67,15 @@ class Policy:
         return hidden if self.amp_dtype is None else hidden.to(self.amp_dtype)  # the final norm may return fp32
 
     @torch.no_grad()
-    def logprobs(self, net, batch, micro_batch: int) -> torch.Tensor:
-        """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference)."""
-        return torch.cat([linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets,
-                                          temperature=self.temperature, backend=self.backend)
-                          for mb in batch.micro(micro_batch)])
+    def logprobs(self, net, batch, micro_batch: int, return_entropy: bool = False):
+        """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference);
+        with return_entropy, (log-probs, entropies [N] f32) from the same pass."""
+        outs = [linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets, temperature=self.temperature,
+                                return_entropy=return_entropy, backend=self.backend)
+                for mb in batch.micro(micro_batch)]
+        if return_entropy:
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return torch.cat(outs)
 
     @torch.no_grad()
     def token_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:

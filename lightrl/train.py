@@ -12,6 +12,7 @@
                                moves the KL into the reward before advantages (kl_per_token:
                                as per-token rewards after them);
   token_advantages             per-token advantages (KL return-to-go, whitening) in extras;
+  entropy_top_frac             the batch's entropy cutoff in the LossScale (entropy_scale);
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
 A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
 tokens reach fused_policy_loss (hidden states and the lm_head weight, never [tokens x vocab]
@@ -19,6 +20,7 @@ logits); given the batch's denominators, each micro-batch's loss is its share of
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -31,7 +33,7 @@ from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
 from lightrl.data import PromptSampler
 from lightrl.errors import RunStopped
-from lightrl.kernels import fused_policy_loss, group_advantages, merge_metrics, token_advantages
+from lightrl.kernels import entropy_cutoff, fused_policy_loss, group_advantages, merge_metrics, token_advantages
 from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
 from lightrl.rewards.combined import reward_stats
@@ -226,7 +228,12 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
     stepped; why it stopped early (a non-finite loss or gradient norm) or None)."""
     # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
     # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
-    if row.needs_old_logp and cfg.updates_per_batch > 1:
+    old_logp = row.needs_old_logp and cfg.updates_per_batch > 1
+    if row.selects_by_entropy:
+        scale, logp = entropy_scale(policy, batch, scale, cfg, row)
+        if old_logp:
+            batch.extras["old_logp"] = logp
+    elif old_logp:
         batch.extras["old_logp"] = policy.logprobs(policy.model, batch, cfg.micro_batch)
     if row.kl_in_loss:
         batch.extras["ref_logp"] = policy.logprobs(policy.ref_model, batch, cfg.micro_batch)
@@ -245,6 +252,18 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
         if i == 0:
             metrics.update(loss=loss, grad_norm=grad_norm.item())
     return metrics, True, None
+
+
+def entropy_scale(policy, batch: StepBatch, scale, cfg: Config, row):
+    """(scale with the batch's entropy cutoff, the batch's log-probs [N] f32) for rows that select tokens
+    by entropy. The top fraction is the whole batch's, so the cutoff must be known before the first
+    micro-batch's loss: it comes from one no-grad pass of the sampling weights, the pass that gives the
+    old log-probs too (so it is free when they are needed), and stays fixed over the batch's updates,
+    which then all train the same tokens. Each loss call selects by the entropy of its own fused
+    forward against this cutoff; on the first update the two entropies are the same numbers."""
+    logp, entropy = policy.logprobs(policy.model, batch, cfg.micro_batch, return_entropy=True)
+    cutoff = entropy_cutoff(entropy, batch.mask, row.entropy_top_frac)
+    return dataclasses.replace(scale, entropy_cutoff=cutoff), logp
 
 
 def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float, dict, float]:
