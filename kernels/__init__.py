@@ -3,3 +3,4 @@ from lightrl.kernels.logprobs import linear_logprobs
 from lightrl.kernels.advantage import group_advantages, token_advantages
 from lightrl.kernels.policy_loss import LossScale, entropy_cutoff, merge_metrics, policy_loss
 from lightrl.kernels.fused_policy_loss import fused_policy_loss
+from lightrl.kernels.gae import gae
