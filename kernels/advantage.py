@@ -3,6 +3,7 @@ import torch
 
 from lightrl.kernels import advantage_torch
 from lightrl.kernels.backend import resolve_backend
+from lightrl.kernels.gae import gae
 
 
 def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend="auto"):
@@ -45,14 +46,17 @@ def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend
     return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths, shaping)
 
 
-def token_advantages(advantages, seq_index, mask, row, *, kl=None):
-    """Per-token advantages [N] f32 of ``row`` from per-sequence ones: the per-token KL reward as a
-    return-to-go (row.kl_per_token) and whitening over the mask tokens (row.whiten); 0 outside the mask.
+def token_advantages(advantages, seq_index, mask, row, *, kl=None, values=None, backend="auto"):
+    """Per-token advantages and value targets of ``row`` from per-sequence advantages, by GAE.
 
+    Each sequence's advantage is the reward of its last mask token; with row.kl_per_token every
+    mask token also gets -kl_coef * kl; gae(row.gae_gamma, row.gae_lambda) over values (the
+    critic's, or 0) turns these rewards into advantages and returns; row.whiten then whitens the
+    advantages over the mask tokens. With gamma = lam = 1 and no critic this is the return-to-go
+    A_t = a_s - kl_coef * sum_{i >= t} k_i (REINFORCE++).
     advantages [S] f32 (group_advantages'), seq_index [N] int64 non-decreasing in [0, S), mask [N]
-    bool, kl [N] f32 (the row's KL estimator per token; needed when row.kl_per_token and kl_coef > 0).
-    Elementwise work plus three reductions, so one PyTorch path serves every backend. Math in
-    advantage_torch.py.
+    bool, kl [N] f32 (needed when row.kl_per_token and kl_coef > 0), values [N] f32 or None.
+    Returns (advantages [N] f32, returns [N] f32), 0 outside the mask. Math in advantage_torch.py.
     """
     n = seq_index.shape[0]
     if advantages.dim() != 1:
@@ -64,4 +68,11 @@ def token_advantages(advantages, seq_index, mask, row, *, kl=None):
     if row.kl_per_token and row.kl_coef > 0 and (kl is None or kl.shape != (n,)):
         raise ValueError(f"row has kl_per_token with kl_coef={row.kl_coef}: pass kl [N={n}], the per-token "
                          "KL estimate")
-    return advantage_torch.token_advantages_torch(advantages, seq_index, mask, row, kl)
+    if row.critic and (values is None or values.shape != (n,)):
+        raise ValueError(f"row has a critic: pass values [N={n}], the critic's value of every token")
+    rewards = advantage_torch.token_rewards(advantages, seq_index, mask, row, kl)
+    adv, returns = gae(rewards, torch.zeros_like(rewards) if values is None else values, mask, seq_index,
+                       gamma=row.gae_gamma, lam=row.gae_lambda, num_seqs=advantages.numel(), backend=backend)
+    if row.whiten:
+        adv = advantage_torch.whiten(adv, mask, row.std_eps)
+    return adv, returns

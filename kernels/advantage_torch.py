@@ -13,11 +13,14 @@ so pm1 does not rescale them):
   advantage (t - baseline) / (scale + std_eps) on kept samples, 0 elsewhere. A group with
             a single kept sample gets advantage 0 under either baseline.
 
-Per-token advantages (token_advantages_torch), for rows with row.token_advantages: with a_s the
-sequence's advantage and k_t a per-token KL estimate (0 outside the mask),
-  kl_per_token  A_t = a_s - kl_coef * sum_{i >= t, i in s} k_i   (REINFORCE++'s return-to-go)
+Per-token advantages (lightrl.kernels.token_advantages), for rows with row.token_advantages:
+with a_s the sequence's advantage and k_t a per-token KL estimate,
+  rewards       r_t = a_s on the sequence's last mask token, - kl_coef * k_t on every mask token
+                (kl_per_token), 0 elsewhere (token_rewards)
+  GAE           advantages and returns of r over the critic's values (0 without one), gamma and
+                lam from the row (lightrl.kernels.gae); gamma = lam = 1 and V = 0 give the
+                return-to-go A_t = a_s - kl_coef * sum_{i >= t, i in s} k_i (REINFORCE++)
   whiten        A_t <- (A_t - mean) / (unbiased std + std_eps), both over the mask tokens
-and A_t = 0 outside the mask.
 """
 import torch
 
@@ -141,22 +144,25 @@ def reference_group_advantages(rewards, gid, num_groups: int, row, lengths=None,
     return adv, keep
 
 
-def token_advantages_torch(advantages, seq_index, mask, row, kl=None):
-    """advantages [S] f32, seq_index [N] int64 non-decreasing, mask [N] bool, kl [N] or None.
-    Returns per-token advantages [N] f32 (math in the module docstring)."""
-    a = advantages.float()[seq_index]
+def token_rewards(advantages, seq_index, mask, row, kl=None):
+    """Per-token rewards [N] f32: each sequence's advantage on its last mask token, and with
+    row.kl_per_token -kl_coef * kl on every mask token; 0 outside the mask."""
+    n = seq_index.shape[0]
+    pos = torch.arange(n, device=seq_index.device)
+    last = torch.full((advantages.numel(),), -1, dtype=torch.long, device=seq_index.device).scatter_reduce(
+        0, seq_index, torch.where(mask, pos, -1), "amax")
+    r = torch.zeros(n, dtype=torch.float32, device=seq_index.device)
+    has = last >= 0
+    r[last[has]] = advantages.float()[has]
     if row.kl_per_token and kl is not None and row.kl_coef > 0:
-        k = torch.where(mask, kl.double(), 0.0)
-        # Suffix sums over the flat layout minus the suffix sum where the next sequence starts; in
-        # float64 so the difference of two long sums keeps fp32's precision of the sequence's own sum.
-        suffix = torch.cat([k.flip(0).cumsum(0).flip(0), k.new_zeros(1)])
-        ends = torch.bincount(seq_index, minlength=advantages.numel()).cumsum(0)
-        a = a - row.kl_coef * (suffix[:-1] - suffix[ends[seq_index]]).float()
-    a = torch.where(mask, a, 0.0)
-    if row.whiten:
-        mf = mask.float()
-        n = mf.sum()
-        mean = a.sum() / n.clamp(min=1.0)
-        std = (((a - mean) ** 2 * mf).sum() / (n - 1.0).clamp(min=1.0)).sqrt()
-        a = torch.where(mask, (a - mean) / (std + row.std_eps), 0.0)
-    return a
+        r = r - row.kl_coef * torch.where(mask, kl.float(), 0.0)
+    return torch.where(mask, r, 0.0)
+
+
+def whiten(a, mask, eps: float):
+    """(a - mean) / (unbiased std + eps) over the mask entries of a [N] f32; 0 elsewhere."""
+    mf = mask.float()
+    n = mf.sum()
+    mean = (a * mf).sum() / n.clamp(min=1.0)
+    std = (((a - mean) ** 2 * mf).sum() / (n - 1.0).clamp(min=1.0)).sqrt()
+    return torch.where(mask, (a - mean) / (std + eps), 0.0)

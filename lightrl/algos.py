@@ -54,7 +54,7 @@ class AlgoRow:
 
     Advantage (per group; "group" = the completions of one prompt):
       baseline        "none" | "group_mean" | "leave_one_out" (mean of the other samples of the group,
-                      RLOO). A learned value baseline (PPO) is out of scope for now.
+                      RLOO). A learned value baseline is the critic (below).
       scale           "none" | "group_std" | "batch_std" (unbiased std over the kept samples of the group
                       / of the whole batch, taken after the baseline is subtracted for batch_std).
       std_eps         float > 0 added to the std before dividing.
@@ -82,6 +82,15 @@ class AlgoRow:
                       return-to-go with gamma 1 (REINFORCE++); added after the advantage step.
       whiten          bool: per-token advantages whitened over the batch's mask tokens (of the kept
                       sequences), (A - mean) / (unbiased std + std_eps): REINFORCE++'s global normalization.
+
+    Per-token advantages (lightrl.kernels.token_advantages: rows with kl_per_token, whiten or a critic):
+      the sequence's advantage is the reward of its last token (plus the per-token KL rewards), and
+      GAE turns these rewards into per-token advantages and value targets.
+      critic          bool: a learned value model (lightrl.critic) gives the values of GAE and is
+                      trained on its returns; False: values 0.
+      gae_gamma, gae_lambda  floats in [0, 1]: GAE's discount and trace decay.
+      vf_clip         None or float > 0: the critic's new values are clipped to old value +- vf_clip
+                      in its loss (PPO's value clipping).
       entropy_coef    float: the loss gets - entropy_coef * entropy (a bonus when > 0).
       entropy_top_frac float in (0, 1]: the policy-gradient term counts only on the batch's top fraction
                       of mask tokens by the policy's entropy (Wang et al. 2025, "80/20": 0.2); KL and
@@ -118,6 +127,10 @@ class AlgoRow:
     kl_in_reward: bool = False
     kl_per_token: bool = False
     whiten: bool = False
+    critic: bool = False
+    gae_gamma: float = 1.0
+    gae_lambda: float = 1.0
+    vf_clip: float | None = None
     entropy_coef: float = 0.0
     entropy_top_frac: float = 1.0
     aggregate: str = "token_mean"
@@ -135,9 +148,9 @@ class AlgoRow:
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AlgoRow.{name}={getattr(self, name)!r} must be True or False")
-        for name in _FLOAT_FIELDS + ("dual_clip",):
+        for name in _FLOAT_FIELDS + _OPTIONAL_FLOATS:
             value = getattr(self, name)
-            if value is None and name == "dual_clip":
+            if value is None and name in _OPTIONAL_FLOATS:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise ValueError(f"AlgoRow.{name}={value!r} must be a real number")
@@ -150,6 +163,11 @@ class AlgoRow:
         _check(0 <= self.overlong_buffer < 1, "overlong_buffer", self.overlong_buffer,
                "in [0, 1): a fraction of the max completion length")
         _check(self.overlong_penalty >= 0, "overlong_penalty", self.overlong_penalty, ">= 0")
+        for name in ("gae_gamma", "gae_lambda"):
+            _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
+        if self.vf_clip is not None:
+            _check(self.vf_clip > 0, "vf_clip", self.vf_clip, "None or > 0")
+            _check(self.critic, "vf_clip", self.vf_clip, "None without a critic (critic=False)")
         if self.kl_per_token:
             _check(self.kl_in_reward, "kl_per_token", self.kl_per_token, "False unless kl_in_reward is True")
         if self.dual_clip is not None:
@@ -179,7 +197,7 @@ class AlgoRow:
     @property
     def token_advantages(self) -> bool:
         """Whether advantages differ between the tokens of a sequence (per-token KL reward, whitening)."""
-        return (self.kl_per_token and self.kl_coef > 0) or self.whiten
+        return (self.kl_per_token and self.kl_coef > 0) or self.whiten or self.critic
 
     def overlong_buffer_tokens(self, max_length: int) -> int:
         """The soft overlong zone in tokens for a given max completion length (0 = off)."""
@@ -189,7 +207,7 @@ class AlgoRow:
         """A copy with some fields replaced, validated.
 
         Values may be given as strings (from a command line): they are parsed to the
-        field's type ("none" -> None for dual_clip; "true"/"false"/"1"/"0" for bools).
+        field's type ("none" -> None for dual_clip and vf_clip; "true"/"false"/"1"/"0" for bools).
         """
         known = [f.name for f in dataclasses.fields(self)]
         parsed = {}
@@ -201,9 +219,10 @@ class AlgoRow:
 
 
 _INT_FIELDS = ("top_k", "sample_factor")
-_BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten")
+_BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten", "critic")
 _FLOAT_FIELDS = ("overlong_buffer", "overlong_penalty", "std_eps", "eps_low", "eps_high",
-                 "kl_coef", "entropy_coef", "entropy_top_frac")
+                 "kl_coef", "entropy_coef", "entropy_top_frac", "gae_gamma", "gae_lambda")
+_OPTIONAL_FLOATS = ("dual_clip", "vf_clip")  # None = off
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:
@@ -213,7 +232,7 @@ def _check(ok: bool, name: str, value, expected: str) -> None:
 
 def _parse(name: str, value):
     if not isinstance(value, str):
-        if name in _FLOAT_FIELDS + ("dual_clip",) and isinstance(value, int) and not isinstance(value, bool):
+        if name in _FLOAT_FIELDS + _OPTIONAL_FLOATS and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
     text = value.strip()
@@ -222,7 +241,7 @@ def _parse(name: str, value):
             return int(text)
         if name in _FLOAT_FIELDS:
             return float(text)
-        if name == "dual_clip":
+        if name in _OPTIONAL_FLOATS:
             return None if text.lower() in ("none", "") else float(text)
     except ValueError:
         raise ValueError(f"AlgoRow.{name}: cannot parse {value!r} as a number") from None
@@ -290,6 +309,14 @@ ALGOS: dict[str, AlgoRow] = {
                      source="MiniMax 2025, MiniMax-M1 (arXiv 2506.13585)"),
     # REINFORCE++ (Hu et al. 2025): no critic, no group baseline; the outcome reward minus the
     # token-level k1 KL as a return-to-go, then advantages whitened over the whole batch's tokens.
+    # PPO with a learned critic (Schulman et al. 2017) as the seed paper ran it in verl: verl's PPO
+    # defaults, GAE gamma = lam = 1, value clip 0.5, k1 KL per token in the reward at 0.001 (fixed),
+    # advantages whitened over the batch, token-mean loss.
+    "ppo": AlgoRow(critic=True, gae_gamma=1.0, gae_lambda=1.0, vf_clip=0.5, ratio="token", eps_low=0.2,
+                   eps_high=0.2, kl_coef=0.001, kl_estimator="k1", kl_in_reward=True, kl_per_token=True,
+                   whiten=True, aggregate="token_mean",
+                   source="Schulman et al. 2017, PPO (arXiv 1707.06347), with verl's PPO settings as in "
+                          + _MINIMALIST),
     "reinforce++": AlgoRow(ratio="token", eps_low=0.2, eps_high=0.2, kl_coef=0.01, kl_estimator="k1",
                            kl_in_reward=True, kl_per_token=True, whiten=True, aggregate="token_mean",
                            source=_REINFORCE_PP),
@@ -339,6 +366,9 @@ def _describe(row: AlgoRow) -> list[str]:
         f"{row.kl_estimator} x {row.kl_coef:g} in {'reward' if row.kl_in_reward else 'loss'}")
     if row.kl_coef and row.kl_per_token:
         kl += " per token (return-to-go)"
+    if row.critic:
+        adv = f"GAE(gamma {row.gae_gamma:g}, lambda {row.gae_lambda:g}) on a critic's values" + (
+            f" (value clip {row.vf_clip:g})" if row.vf_clip is not None else "")
     if row.whiten:
         adv += ", whitened over the batch's tokens"
     agg = row.aggregate

@@ -11,7 +11,10 @@
   kl_coef (needs_ref)          a frozen reference copy gives reference log-probs; kl_in_reward
                                moves the KL into the reward before advantages (kl_per_token:
                                as per-token rewards after them);
-  token_advantages             per-token advantages (KL return-to-go, whitening) in extras;
+  token_advantages             per-token advantages (GAE over per-token rewards: the KL return-to-go,
+                               a critic's values; whitening) in extras (per_token_advantages);
+  critic                       a value model (lightrl.critic) gives GAE its values and trains on the
+                               returns after the policy's update (critic.update);
   entropy_top_frac             the batch's entropy cutoff in the LossScale (entropy_scale);
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
 A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
@@ -28,6 +31,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+import lightrl.critic
 from lightrl import checkpoint, model
 from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
@@ -58,6 +62,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
     # ---- policy, reference, optimizer, rollout engine, logger ---------------------------------
     torch.manual_seed(cfg.seed)
     policy = model.load(cfg, row, run_dir, ckpt, data_rows, device, amp_dtype)
+    critic = lightrl.critic.load(cfg, policy, ckpt, device) if row.critic else None
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     sampler = PromptSampler(len(data_rows), cfg.seed)
@@ -108,12 +113,11 @@ def train(cfg: Config, start: Start | None = None) -> str:
         if skip_reason is None and not batch.keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
         kept = batch.select(batch.keep)
-        if row.token_advantages:
-            kept.extras["advantages"] = token_advantages(kept.advantages, kept.seq_index, kept.mask, row,
-                                                         kl=kept.extras.get("kl"))
         scale = kept.loss_scale(loss_constant)
         if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
+        if skip_reason is None and row.token_advantages:
+            per_token_advantages(kept, critic, cfg, row)
 
         # 4. update
         t_update = time.time()
@@ -123,6 +127,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
             update_metrics, stepped, skip_reason = update_policy(policy, optimizer, kept, scale, cfg, row)
             m.update(update_metrics)
             nonfinite = skip_reason is not None
+            if critic is not None:
+                m.update(critic.update(kept, cfg, row))
         if reward_kl_mean is not None:
             m["kl_mean"] = reward_kl_mean
         if stepped:
@@ -152,7 +158,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
             checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                            finite=not nonfinite)
+                            finite=not nonfinite, **({"extra": critic.save} if critic is not None else {}))
     bar.close()
     log.close()  # draws curves.png and logs the summary
     return run_dir
@@ -220,6 +226,18 @@ def _rewards(comps, data_rows, tokenizer, cfg, row):
         if row.overlong_penalty and buffer:
             shaping[i] += overlong_penalty(len(ids), cfg.max_new_tokens, buffer, row.overlong_penalty)
     return scores, shaping
+
+
+def per_token_advantages(batch: StepBatch, critic, cfg: Config, row) -> None:
+    """Per-token advantages into batch.extras["advantages"] (token_advantages: GAE over the per-token
+    rewards, whitening); with a critic, its values of the batch as "old_values" and the GAE returns
+    (its targets) as "returns"."""
+    values = critic.values(batch, cfg.micro_batch) if critic is not None else None
+    batch.extras["advantages"], returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row,
+                                                           kl=batch.extras.get("kl"), values=values,
+                                                           backend=cfg.backend)
+    if critic is not None:
+        batch.extras.update(old_values=values, returns=returns)
 
 
 def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) -> tuple[dict, bool, str | None]:

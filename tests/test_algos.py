@@ -7,7 +7,7 @@ from lightrl.algos import ALGOS, CHOICES, AlgoRow, algos_markdown, get_algo
 
 ROWS = ["raft", "raft++", "reinforce", "reinforce-rej", "reinforce-remove-all-wrong",
         "reinforce-remove-all-correct", "grpo-mean-only", "grpo", "dr-grpo", "dapo", "gspo", "gfpo", "rloo", "cispo",
-        "reinforce++", "reinforce++-baseline"]
+        "reinforce++", "reinforce++-baseline", "ppo"]
 
 
 def test_every_row_present_and_distinct():
@@ -36,6 +36,14 @@ def test_defining_fields():
     assert ALGOS["reinforce++"].whiten and ALGOS["reinforce++"].baseline == "none"
     assert ALGOS["reinforce++-baseline"].whiten and ALGOS["reinforce++-baseline"].baseline == "group_mean"
     assert not ALGOS["grpo"].token_advantages and ALGOS["reinforce++"].token_advantages
+    ppo = ALGOS["ppo"]
+    assert ppo.critic and (ppo.gae_gamma, ppo.gae_lambda, ppo.vf_clip) == (1.0, 1.0, 0.5) and ppo.whiten
+    assert ppo.kl_in_reward and ppo.kl_per_token and ppo.kl_estimator == "k1" and ppo.kl_coef == 0.001
+    with pytest.raises(ValueError, match=r"vf_clip=0.5 must be None without a critic"):
+        get_algo("grpo", vf_clip=0.5)
+    with pytest.raises(ValueError, match=r"gae_lambda=1.5 must be in \[0, 1\]"):
+        get_algo("ppo", gae_lambda=1.5)
+    assert get_algo("ppo", vf_clip="none").vf_clip is None
 
 
 def test_overrides_parse_strings_and_keep_other_fields():
@@ -70,8 +78,8 @@ def test_validation_errors_name_field_and_allowed_values(overrides, message):
 def test_cispo_rejects_dual_clip_and_unknown_algo():
     with pytest.raises(ValueError, match="dual_clip"):
         get_algo("cispo", dual_clip=3.0)
-    with pytest.raises(ValueError, match="unknown algorithm 'ppo'; known: cispo, dapo"):
-        get_algo("ppo")
+    with pytest.raises(ValueError, match="unknown algorithm 'trpo'; known: cispo, dapo"):
+        get_algo("trpo")
 
 
 def test_enum_choices_cover_the_row_fields():
