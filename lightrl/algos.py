@@ -21,6 +21,8 @@ CHOICES = {
     "clip_mode": ("ppo", "cispo"),
     "kl_estimator": ("k1", "k2", "k3", "k1+", "k2+", "k3+"),
     "aggregate": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "token_sum_norm"),
+    "pairs": ("none", "first", "shortest"),
+    "rollout_is": ("none", "token_truncate", "sequence_truncate", "token_mask", "sequence_mask"),
 }
 
 
@@ -96,6 +98,28 @@ class AlgoRow:
                       of mask tokens by the policy's entropy (Wang et al. 2025, "80/20": 0.2); KL and
                       entropy terms still count everywhere. 1 = every token (off).
 
+    Preference pairs (DPO; lightrl.kernels.pair_coefficients):
+      pairs           "none" | "first" | "shortest": each group gives one pair, a correct (chosen) and an
+                      incorrect (rejected) sample ("correct" = mapped score > 0, as for keep): the first
+                      of each kind, or the shortest of each kind (ties: the earlier). Groups without both
+                      give none; only paired samples are kept. The loss is DPO's,
+                      -log sigmoid(dpo_beta * (D_chosen - D_rejected)), D = sum over the completion's
+                      mask tokens of logp - ref_logp, as sequence-level coefficients on the per-token
+                      log-probs (needs ratio "none", aggregate "seq_mean_token_sum", kl_coef 0 and no
+                      rollout correction: check_pairs, which config validation runs).
+      dpo_beta        float > 0, DPO's beta.
+      ref_refresh     int >= 0: every ref_refresh steps the reference becomes a copy of the current
+                      policy (iterative DPO); 0 = never.
+
+    Rollout correction (the sampler's log-probs pi_rollout, from the engine, vs the trainer's pi_old of the
+    same weights; lightrl.kernels.rollout_weights):
+      rollout_is      "none" | "token_truncate": advantages times min(pi_old / pi_rollout, cap) per token
+                      (TIS) | "sequence_truncate": times min(prod over the sequence's tokens, cap) |
+                      "token_mask": tokens whose ratio is outside [low, cap] leave the loss |
+                      "sequence_mask": sequences whose product ratio is outside [low, cap] leave it.
+      rollout_is_cap  float >= 1 (C, or C_high for masks); rollout_is_low float in [0, 1] (C_low).
+                      With identical log-probs every ratio is 1 and the correction changes nothing.
+
     Aggregation of token terms into the scalar loss (tokens = the mask-true tokens):
       aggregate       "token_mean": mean over all tokens of the batch;
                       "seq_mean_token_mean": mean over non-empty sequences of each one's token mean;
@@ -134,6 +158,12 @@ class AlgoRow:
     entropy_coef: float = 0.0
     entropy_top_frac: float = 1.0
     aggregate: str = "token_mean"
+    pairs: str = "none"
+    dpo_beta: float = 0.1
+    ref_refresh: int = 0
+    rollout_is: str = "none"
+    rollout_is_cap: float = 2.0
+    rollout_is_low: float = 0.5
     source: str = ""
 
     def __post_init__(self):
@@ -163,6 +193,14 @@ class AlgoRow:
         _check(0 <= self.overlong_buffer < 1, "overlong_buffer", self.overlong_buffer,
                "in [0, 1): a fraction of the max completion length")
         _check(self.overlong_penalty >= 0, "overlong_penalty", self.overlong_penalty, ">= 0")
+        if isinstance(self.ref_refresh, bool) or not isinstance(self.ref_refresh, int) or self.ref_refresh < 0:
+            raise ValueError(f"AlgoRow.ref_refresh={self.ref_refresh!r} must be an int >= 0 (0 = never)")
+        _check(self.dpo_beta > 0, "dpo_beta", self.dpo_beta, "> 0")
+        _check(self.ref_refresh == 0 or self.needs_ref, "ref_refresh", self.ref_refresh,
+               "0 without a reference model (kl_coef 0 and pairs 'none')")
+        _check(self.rollout_is_cap >= 1, "rollout_is_cap", self.rollout_is_cap,
+               ">= 1 (a ratio of 1, identical sampler and trainer, must pass unchanged)")
+        _check(0 <= self.rollout_is_low <= 1, "rollout_is_low", self.rollout_is_low, "in [0, 1]")
         for name in ("gae_gamma", "gae_lambda"):
             _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
         if self.vf_clip is not None:
@@ -181,8 +219,18 @@ class AlgoRow:
 
     @property
     def needs_ref(self) -> bool:
-        """Whether a reference model's log-probs are needed (any KL)."""
-        return self.kl_coef > 0
+        """Whether a reference model's log-probs are needed (any KL, DPO)."""
+        return self.kl_coef > 0 or self.pairwise
+
+    @property
+    def needs_rollout_logp(self) -> bool:
+        """Whether the engine must return its sampling log-probs (rollout correction)."""
+        return self.rollout_is != "none"
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the row trains on preference pairs (DPO) instead of advantages."""
+        return self.pairs != "none"
 
     @property
     def kl_in_loss(self) -> bool:
@@ -203,6 +251,16 @@ class AlgoRow:
         """The soft overlong zone in tokens for a given max completion length (0 = off)."""
         return int(round(self.overlong_buffer * max_length))
 
+    def check_pairs(self) -> None:
+        """Raise unless a pairs row (DPO) has the fields its coefficients assume (checked before a run)."""
+        if not self.pairwise:
+            return
+        for name, want in (("ratio", "none"), ("aggregate", "seq_mean_token_sum"), ("kl_coef", 0.0),
+                           ("rollout_is", "none")):
+            _check(getattr(self, name) == want, name, getattr(self, name),
+                   f"{want!r} with pairs={self.pairs!r} (DPO's coefficient is the whole gradient)")
+        _check(not self.token_advantages, "pairs", self.pairs, "'none' with per-token advantages")
+
     def with_overrides(self, **overrides) -> "AlgoRow":
         """A copy with some fields replaced, validated.
 
@@ -218,10 +276,11 @@ class AlgoRow:
         return dataclasses.replace(self, **parsed)
 
 
-_INT_FIELDS = ("top_k", "sample_factor")
+_INT_FIELDS = ("top_k", "sample_factor")  # >= 1; ref_refresh (>= 0) is parsed as an int too
 _BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten", "critic")
 _FLOAT_FIELDS = ("overlong_buffer", "overlong_penalty", "std_eps", "eps_low", "eps_high",
-                 "kl_coef", "entropy_coef", "entropy_top_frac", "gae_gamma", "gae_lambda")
+                 "kl_coef", "entropy_coef", "entropy_top_frac", "gae_gamma", "gae_lambda", "dpo_beta",
+                 "rollout_is_cap", "rollout_is_low")
 _OPTIONAL_FLOATS = ("dual_clip", "vf_clip")  # None = off
 
 
@@ -237,7 +296,7 @@ def _parse(name: str, value):
         return value
     text = value.strip()
     try:
-        if name in _INT_FIELDS:
+        if name in _INT_FIELDS + ("ref_refresh",):
             return int(text)
         if name in _FLOAT_FIELDS:
             return float(text)
@@ -317,6 +376,22 @@ ALGOS: dict[str, AlgoRow] = {
                    whiten=True, aggregate="token_mean",
                    source="Schulman et al. 2017, PPO (arXiv 1707.06347), with verl's PPO settings as in "
                           + _MINIMALIST),
+    # GRPO with truncated importance sampling against the sampler's log-probs (Yao et al. 2025):
+    # advantages times min(pi_old / pi_rollout, 2) per token.
+    "grpo-tis": AlgoRow(baseline="group_mean", scale="group_std", kl_coef=0.04, kl_estimator="k3",
+                        aggregate="seq_mean_token_mean", rollout_is="token_truncate", rollout_is_cap=2.0,
+                        source=_GRPO + "; Yao et al. 2025, Your Efficient RL Framework Secretly Brings You "
+                                       "Off-Policy RL Training (TIS)"),
+    # Online DPO (Guo et al. 2024): DPO's loss on pairs sampled from the current policy each step,
+    # labelled by the verifier; the reference stays the starting policy.
+    "online-dpo": AlgoRow(pairs="shortest", dpo_beta=0.1, ratio="none", aggregate="seq_mean_token_sum",
+                          source="Rafailov et al. 2023, DPO (arXiv 2305.18290); Guo et al. 2024, Online AI "
+                                 "Feedback (arXiv 2402.04792)"),
+    # Iterative DPO (Xiong et al. 2024): the same, with the reference moved to the current policy at the
+    # start of each iteration (every 20 steps here).
+    "iterative-dpo": AlgoRow(pairs="shortest", dpo_beta=0.1, ref_refresh=20, ratio="none",
+                             aggregate="seq_mean_token_sum",
+                             source="Xiong et al. 2024, Iterative Preference Learning (arXiv 2312.11456)"),
     "reinforce++": AlgoRow(ratio="token", eps_low=0.2, eps_high=0.2, kl_coef=0.01, kl_estimator="k1",
                            kl_in_reward=True, kl_per_token=True, whiten=True, aggregate="token_mean",
                            source=_REINFORCE_PP),
@@ -348,7 +423,7 @@ def _describe(row: AlgoRow) -> list[str]:
     reward = "{0,1}->{-1,+1}" if row.reward_map == "pm1" else "r"
     if row.overlong_penalty > 0 and row.overlong_buffer > 0:
         reward += f" + overlong penalty {row.overlong_penalty:g} (last {row.overlong_buffer:.0%})"
-    keep = row.keep
+    keep = row.keep if not row.pairwise else f"one pair per group ({row.pairs} correct vs {row.pairs} incorrect)"
     if row.keep == "top_k":
         keep = f"top {row.top_k} by {row.top_k_by} of {row.sample_factor}x samples"
     if row.refill:
@@ -366,6 +441,13 @@ def _describe(row: AlgoRow) -> list[str]:
         f"{row.kl_estimator} x {row.kl_coef:g} in {'reward' if row.kl_in_reward else 'loss'}")
     if row.kl_coef and row.kl_per_token:
         kl += " per token (return-to-go)"
+    if row.needs_rollout_logp:
+        what = "x min(ratio, {c:g})" if row.rollout_is.endswith("truncate") else "mask outside [{lo:g}, {c:g}]"
+        adv += f", rollout IS {row.rollout_is.split('_')[0]} " + what.format(c=row.rollout_is_cap,
+                                                                           lo=row.rollout_is_low)
+    if row.pairwise:
+        adv = f"DPO, beta {row.dpo_beta:g}" + (f", reference refreshed every {row.ref_refresh} steps"
+                                               if row.ref_refresh else "")
     if row.critic:
         adv = f"GAE(gamma {row.gae_gamma:g}, lambda {row.gae_lambda:g}) on a critic's values" + (
             f" (value clip {row.vf_clip:g})" if row.vf_clip is not None else "")

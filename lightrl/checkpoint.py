@@ -102,11 +102,11 @@ def weights_finite(model) -> bool:
 
 
 def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True,
-         extra=None) -> str | None:
+         extra=()) -> str | None:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`. Returns its path.
 
-    extra: None or a function of the checkpoint directory that writes more files into it before
-    the manifest (the critic's), so they are verified and renamed with the rest.
+    extra: functions of the checkpoint directory that write more files into it before the manifest
+    (a critic's, a refreshed reference's), so they are verified and renamed with the rest.
 
     finite=False (the step's reward, loss or gradient was non-finite) or non-finite weights: nothing
     is written, the previous checkpoints stay, and None is returned. A failed write (disk full,
@@ -131,8 +131,8 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, os.path.join(tmp, STATE))
-        if extra is not None:
-            extra(tmp)
+        for write in extra:
+            write(tmp)
         _write_manifest(tmp)
         _fsync_tree(tmp)
         if os.path.exists(final):  # re-saving a step after a resume

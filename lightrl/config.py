@@ -133,6 +133,7 @@ def validate(cfg: Config) -> AlgoRow:
     if cfg.algo not in ALGOS:
         raise ValueError(f"--algo {cfg.algo!r} is unknown; known: {', '.join(ALGOS)} (see --list-algos)")
     row = cfg.algo_row()
+    row.check_pairs()
     if cfg.steps < 1:
         raise ValueError(f"--steps {cfg.steps} would train nothing; pass --steps >= 1 (with --resume: the step "
                          "to reach, counted from the start of the run)")

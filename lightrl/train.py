@@ -16,6 +16,12 @@
   critic                       a value model (lightrl.critic) gives GAE its values and trains on the
                                returns after the policy's update (critic.update);
   entropy_top_frac             the batch's entropy cutoff in the LossScale (entropy_scale);
+  rollout_is                   the engine's sampling log-probs against the trainer's: weights on the
+                               advantages, masks on tokens (rollout_correction);
+  pairs (pairwise)             DPO: group_advantages keeps one chosen / rejected pair per group, and
+                               their coefficients come from the current and reference log-probs
+                               before each update (dpo_coefficients); ref_refresh copies the policy
+                               into the reference every K steps (saved with each checkpoint);
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
 A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
 tokens reach fused_policy_loss (hidden states and the lm_head weight, never [tokens x vocab]
@@ -37,7 +43,8 @@ from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
 from lightrl.data import PromptSampler
 from lightrl.errors import RunStopped
-from lightrl.kernels import entropy_cutoff, fused_policy_loss, group_advantages, merge_metrics, token_advantages
+from lightrl.kernels import (entropy_cutoff, fused_policy_loss, group_advantages, merge_metrics, pair_coefficients,
+                             rollout_weights, token_advantages)
 from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
 from lightrl.rewards.combined import reward_stats
@@ -75,7 +82,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
         checkpoint.set_rng_state(state["rng"])
         start_step = state["step"]  # bad_in_a_row starts at 0: a resume (often with a new LR) counts afresh
         logger.info(f"resumed from {ckpt} at step {start_step}")
-    engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None)
+    engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None,
+                                  logprobs=row.needs_rollout_logp)
     log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started)
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
 
@@ -113,10 +121,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
         if skip_reason is None and not batch.keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
         kept = batch.select(batch.keep)
+        if row.needs_rollout_logp and skip_reason is None:
+            m.update(rollout_correction(policy, kept, cfg, row))
         scale = kept.loss_scale(loss_constant)
         if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
-        if skip_reason is None and row.token_advantages:
+        if skip_reason is None and (row.token_advantages or row.needs_rollout_logp):
             per_token_advantages(kept, critic, cfg, row)
 
         # 4. update
@@ -134,6 +144,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
         if stepped:
             scheduler.step()
             engine.sync_weights(policy.model)
+        if row.ref_refresh and (step + 1) % row.ref_refresh == 0:
+            policy.refresh_reference()
         bad_in_a_row = bad_in_a_row + 1 if nonfinite else 0
         if skip_reason is not None:
             logger.warning(f"step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
@@ -157,8 +169,10 @@ def train(cfg: Config, start: Start | None = None) -> str:
             state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
+            writers = [critic.save] if critic is not None else []
+            writers += [policy.save_reference] if row.ref_refresh else []
             checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                            finite=not nonfinite, **({"extra": critic.save} if critic is not None else {}))
+                            finite=not nonfinite, **({"extra": writers} if writers else {}))
     bar.close()
     log.close()  # draws curves.png and logs the summary
     return run_dir
@@ -174,16 +188,19 @@ def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> 
     while True:
         idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
         prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
+        want = {"return_logprobs": True} if row.needs_rollout_logp else {}
         comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills)
+                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills, **want)
+        comps, logprobs = comps if want else (comps, None)
         scores, shaping = _rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
                                    cfg, row)
         sampled += len(comps)
         rewards += [s + x for s, x in zip(scores, shaping)]
         all_scores += scores
         cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
-        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) for g in range(len(idx))]
+        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) + ((cut(logprobs, g),) if want else ())
+               for g in range(len(idx))]
         if not row.refill:
             groups = new
             break
@@ -228,16 +245,37 @@ def _rewards(comps, data_rows, tokenizer, cfg, row):
     return scores, shaping
 
 
+def rollout_correction(policy, batch: StepBatch, cfg: Config, row) -> dict:
+    """Rollout correction (row.rollout_is): the trainer's log-probs of the sampling weights (one no-grad
+    pass; kept as the old log-probs when the row has several updates) against the engine's sampling
+    log-probs give per-token weights (extras["rollout_weight"], applied by per_token_advantages) and a
+    token mask, which drops tokens from the batch's mask before its denominators are counted. Returns
+    rollout_kl, rollout_is_clipped_frac, rollout_is_masked_frac."""
+    old = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    if row.needs_old_logp and cfg.updates_per_batch > 1:
+        batch.extras["old_logp"] = old
+    batch.extras["rollout_weight"], keep, metrics = rollout_weights(old, batch.extras["rollout_logp"], batch.mask,
+                                                                    batch.seq_index, row)
+    batch.mask = batch.mask & keep
+    return metrics
+
+
 def per_token_advantages(batch: StepBatch, critic, cfg: Config, row) -> None:
-    """Per-token advantages into batch.extras["advantages"] (token_advantages: GAE over the per-token
-    rewards, whitening); with a critic, its values of the batch as "old_values" and the GAE returns
-    (its targets) as "returns"."""
-    values = critic.values(batch, cfg.micro_batch) if critic is not None else None
-    batch.extras["advantages"], returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row,
-                                                           kl=batch.extras.get("kl"), values=values,
-                                                           backend=cfg.backend)
-    if critic is not None:
-        batch.extras.update(old_values=values, returns=returns)
+    """Per-token advantages into batch.extras["advantages"]: token_advantages (GAE over the per-token
+    rewards, whitening) for rows with them, else the sequence's; times the rollout correction's
+    weights when it has set them. With a critic, its values of the batch as "old_values" and the GAE
+    returns (its targets) as "returns"."""
+    if row.token_advantages:
+        values = critic.values(batch, cfg.micro_batch) if critic is not None else None
+        adv, returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row, kl=batch.extras.get("kl"),
+                                        values=values, backend=cfg.backend)
+        if critic is not None:
+            batch.extras.update(old_values=values, returns=returns)
+    else:
+        adv = batch.advantages[batch.seq_index]
+    if "rollout_weight" in batch.extras:
+        adv = adv * batch.extras["rollout_weight"]
+    batch.extras["advantages"] = adv
 
 
 def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) -> tuple[dict, bool, str | None]:
@@ -246,17 +284,21 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
     stepped; why it stopped early (a non-finite loss or gradient norm) or None)."""
     # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
     # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
-    old_logp = row.needs_old_logp and cfg.updates_per_batch > 1
+    old_logp = row.needs_old_logp and cfg.updates_per_batch > 1 and "old_logp" not in batch.extras
     if row.selects_by_entropy:
         scale, logp = entropy_scale(policy, batch, scale, cfg, row)
         if old_logp:
             batch.extras["old_logp"] = logp
     elif old_logp:
         batch.extras["old_logp"] = policy.logprobs(policy.model, batch, cfg.micro_batch)
-    if row.kl_in_loss:
+    if row.kl_in_loss or row.pairwise:
         batch.extras["ref_logp"] = policy.logprobs(policy.ref_model, batch, cfg.micro_batch)
-    metrics = {}
+    metrics, sign = {}, batch.advantages
     for i in range(cfg.updates_per_batch):
+        if row.pairwise:
+            pair_metrics = dpo_coefficients(policy, batch, sign, scale, cfg, row)
+            if i == 0:
+                metrics.update(pair_metrics)
         optimizer.zero_grad(set_to_none=True)
         loss, loss_metrics, entropy = _backward(policy, batch, scale, cfg, row)
         if i == 0:
@@ -270,6 +312,18 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
         if i == 0:
             metrics.update(loss=loss, grad_norm=grad_norm.item())
     return metrics, True, None
+
+
+def dpo_coefficients(policy, batch: StepBatch, sign, scale, cfg: Config, row) -> dict:
+    """DPO's per-sequence coefficients for the current weights into batch.extras["advantages"] (per
+    token), from a no-grad pass of the policy: each pair's margin sums log-ratios over whole
+    sequences, which may sit in different micro-batches, so it must be known before any of their
+    losses. sign [S]: +1 chosen, -1 rejected. Returns the pair metrics (dpo_loss, ...)."""
+    logp = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    coef, metrics = pair_coefficients(logp, batch.extras["ref_logp"], batch.mask, batch.seq_index, sign, batch.group,
+                                      beta=row.dpo_beta, seqs=scale.seqs)
+    batch.extras["advantages"] = coef[batch.seq_index]
+    return metrics
 
 
 def entropy_scale(policy, batch: StepBatch, scale, cfg: Config, row):

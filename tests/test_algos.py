@@ -7,7 +7,7 @@ from lightrl.algos import ALGOS, CHOICES, AlgoRow, algos_markdown, get_algo
 
 ROWS = ["raft", "raft++", "reinforce", "reinforce-rej", "reinforce-remove-all-wrong",
         "reinforce-remove-all-correct", "grpo-mean-only", "grpo", "dr-grpo", "dapo", "gspo", "gfpo", "rloo", "cispo",
-        "reinforce++", "reinforce++-baseline", "ppo"]
+        "reinforce++", "reinforce++-baseline", "ppo", "online-dpo", "iterative-dpo", "grpo-tis"]
 
 
 def test_every_row_present_and_distinct():
@@ -44,6 +44,13 @@ def test_defining_fields():
     with pytest.raises(ValueError, match=r"gae_lambda=1.5 must be in \[0, 1\]"):
         get_algo("ppo", gae_lambda=1.5)
     assert get_algo("ppo", vf_clip="none").vf_clip is None
+    tis = ALGOS["grpo-tis"]
+    assert (tis.rollout_is, tis.rollout_is_cap) == ("token_truncate", 2.0) and tis.needs_rollout_logp
+    assert not any(ALGOS[n].needs_rollout_logp for n in ALGOS if n != "grpo-tis")
+    with pytest.raises(ValueError, match=r"rollout_is_cap=0.5 must be >= 1"):
+        get_algo("grpo-tis", rollout_is_cap=0.5)
+    with pytest.raises(ValueError, match=r"rollout_is='token_mask' must be 'none' with pairs"):
+        get_algo("online-dpo", rollout_is="token_mask").check_pairs()
 
 
 def test_overrides_parse_strings_and_keep_other_fields():

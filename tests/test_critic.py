@@ -71,3 +71,10 @@ def test_ppo_raises_the_demo_reward(tmp_path):
     end = sum(r["reward_mean"] for r in rows[-10:]) / 10
     print(f"ppo on the demo: reward {start:.3f} (first 3 steps) -> {end:.3f} (last 10 steps)")
     assert start <= 0.3 and end >= 0.8 and rows[-1]["critic_loss"] < rows[0]["critic_loss"] * 2
+
+
+def test_resume_without_the_critic_files_is_refused_before_the_run(warm_model, tmp_path):
+    from lightrl.preflight import preflight
+    grpo = train(small(tmp_path, "grpo", algo="grpo", model=warm_model, steps=1))
+    with pytest.raises(ValueError, match=r"critic/model.safetensors is missing: algo 'ppo' has a critic"):
+        preflight(small(tmp_path, "x", model=warm_model, steps=2, resume=grpo))
