@@ -119,6 +119,10 @@ class AlgoRow:
                       "sequence_mask": sequences whose product ratio is outside [low, cap] leave it.
       rollout_is_cap  float >= 1 (C, or C_high for masks); rollout_is_low float in [0, 1] (C_low).
                       With identical log-probs every ratio is 1 and the correction changes nothing.
+      old_logp_from_engine  bool: the ratio's old log-probs are the engine's sampling log-probs, not a
+                      no-grad pass of the trainer (saves that pass; the ratio then also carries the
+                      sampler / trainer mismatch, even with one update per batch). Needs a ratio and
+                      rollout_is "none" (the correction compares the two).
 
     Aggregation of token terms into the scalar loss (tokens = the mask-true tokens):
       aggregate       "token_mean": mean over all tokens of the batch;
@@ -164,6 +168,7 @@ class AlgoRow:
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0
     rollout_is_low: float = 0.5
+    old_logp_from_engine: bool = False
     source: str = ""
 
     def __post_init__(self):
@@ -201,6 +206,9 @@ class AlgoRow:
         _check(self.rollout_is_cap >= 1, "rollout_is_cap", self.rollout_is_cap,
                ">= 1 (a ratio of 1, identical sampler and trainer, must pass unchanged)")
         _check(0 <= self.rollout_is_low <= 1, "rollout_is_low", self.rollout_is_low, "in [0, 1]")
+        if self.old_logp_from_engine:
+            _check(self.ratio != "none" and self.rollout_is == "none", "old_logp_from_engine", True,
+                   "False unless the row has a ratio and rollout_is 'none'")
         for name in ("gae_gamma", "gae_lambda"):
             _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
         if self.vf_clip is not None:
@@ -224,8 +232,8 @@ class AlgoRow:
 
     @property
     def needs_rollout_logp(self) -> bool:
-        """Whether the engine must return its sampling log-probs (rollout correction)."""
-        return self.rollout_is != "none"
+        """Whether the engine must return its sampling log-probs (rollout correction, or as old log-probs)."""
+        return self.rollout_is != "none" or self.old_logp_from_engine
 
     @property
     def pairwise(self) -> bool:
@@ -277,7 +285,7 @@ class AlgoRow:
 
 
 _INT_FIELDS = ("top_k", "sample_factor")  # >= 1; ref_refresh (>= 0) is parsed as an int too
-_BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten", "critic")
+_BOOL_FIELDS = ("refill", "kl_in_reward", "kl_per_token", "whiten", "critic", "old_logp_from_engine")
 _FLOAT_FIELDS = ("overlong_buffer", "overlong_penalty", "std_eps", "eps_low", "eps_high",
                  "kl_coef", "entropy_coef", "entropy_top_frac", "gae_gamma", "gae_lambda", "dpo_beta",
                  "rollout_is_cap", "rollout_is_low")
@@ -435,13 +443,15 @@ def _describe(row: AlgoRow) -> list[str]:
         ratio = "none (on-policy)"
     else:
         ratio = f"{row.ratio}, {row.clip_mode} [1-{row.eps_low:g}, 1+{row.eps_high:g}]"
+        if row.old_logp_from_engine:
+            ratio += ", old log-probs from the engine"
         if row.dual_clip is not None:
             ratio += f", dual-clip {row.dual_clip:g}"
     kl = "-" if row.kl_coef == 0 else (
         f"{row.kl_estimator} x {row.kl_coef:g} in {'reward' if row.kl_in_reward else 'loss'}")
     if row.kl_coef and row.kl_per_token:
         kl += " per token (return-to-go)"
-    if row.needs_rollout_logp:
+    if row.rollout_is != "none":
         what = "x min(ratio, {c:g})" if row.rollout_is.endswith("truncate") else "mask outside [{lo:g}, {c:g}]"
         adv += f", rollout IS {row.rollout_is.split('_')[0]} " + what.format(c=row.rollout_is_cap,
                                                                            lo=row.rollout_is_low)

@@ -17,7 +17,8 @@
                                returns after the policy's update (critic.update);
   entropy_top_frac             the batch's entropy cutoff in the LossScale (entropy_scale);
   rollout_is                   the engine's sampling log-probs against the trainer's: weights on the
-                               advantages, masks on tokens (rollout_correction);
+                               advantages, masks on tokens (rollout_correction); old_logp_from_engine:
+                               they are the ratio's old log-probs;
   pairs (pairwise)             DPO: group_advantages keeps one chosen / rejected pair per group, and
                                their coefficients come from the current and reference log-probs
                                before each update (dpo_coefficients); ref_refresh copies the policy
@@ -121,12 +122,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
         if skip_reason is None and not batch.keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
         kept = batch.select(batch.keep)
-        if row.needs_rollout_logp and skip_reason is None:
+        if row.rollout_is != "none" and skip_reason is None:
             m.update(rollout_correction(policy, kept, cfg, row))
         scale = kept.loss_scale(loss_constant)
         if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
-        if skip_reason is None and (row.token_advantages or row.needs_rollout_logp):
+        if skip_reason is None and (row.token_advantages or row.rollout_is != "none"):
             per_token_advantages(kept, critic, cfg, row)
 
         # 4. update
@@ -284,6 +285,8 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
     stepped; why it stopped early (a non-finite loss or gradient norm) or None)."""
     # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
     # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
+    if row.old_logp_from_engine:
+        batch.extras["old_logp"] = batch.extras["rollout_logp"]
     old_logp = row.needs_old_logp and cfg.updates_per_batch > 1 and "old_logp" not in batch.extras
     if row.selects_by_entropy:
         scale, logp = entropy_scale(policy, batch, scale, cfg, row)

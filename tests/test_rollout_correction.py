@@ -114,3 +114,27 @@ def test_grpo_tis_sees_the_hf_engine_match_the_trainer(warm_model, tmp_path):
     rows = read_metrics(os.path.join(train(small(tmp_path, "tis", algo="grpo-tis", model=warm_model)),
                                      "metrics.jsonl"))
     assert all(0 <= r["rollout_kl"] < 1e-6 and r["rollout_is_masked_frac"] == 0 for r in rows)
+
+
+def test_old_log_probs_from_the_engine_skip_the_trainer_pass(warm_model, tmp_path, monkeypatch):
+    from lightrl.model import Policy
+    calls, real = [], Policy.logprobs
+
+    def counted(policy, net, *a, **k):
+        calls.append(net is policy.model)
+        return real(policy, net, *a, **k)
+
+    monkeypatch.setattr(Policy, "logprobs", counted)
+    for flag in (False, True):
+        calls.clear()
+        run = train(small(tmp_path, f"engine{flag}", algo="raft++", model=warm_model, steps=2, updates_per_batch=2,
+                          row={"old_logp_from_engine": str(flag)}))
+        rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+        updated = [r for r in rows if not r["skipped"]]
+        assert updated and all(math.isfinite(r["loss"]) for r in rows)
+        # raft++ has no reference: the only trainer pass is the old log-probs', one per updated step.
+        assert calls.count(True) == (0 if flag else len(updated))
+        if flag:  # the first update's ratio is pi / pi_rollout: 1 up to the HF sampler's rounding
+            assert all(abs(r["ratio_mean"] - 1) < 1e-4 for r in updated)
+    with pytest.raises(ValueError, match="old_logp_from_engine=True must be False unless the row has a ratio"):
+        get_algo("raft", old_logp_from_engine=True)
