@@ -78,3 +78,19 @@ def test_resume_without_the_critic_files_is_refused_before_the_run(warm_model, t
     grpo = train(small(tmp_path, "grpo", algo="grpo", model=warm_model, steps=1))
     with pytest.raises(ValueError, match=r"critic/model.safetensors is missing: algo 'ppo' has a critic"):
         preflight(small(tmp_path, "x", model=warm_model, steps=2, resume=grpo))
+
+
+def test_critic_model_gives_the_starting_weights(warm_model, tmp_path, monkeypatch):
+    # --critic-model: the value model's decoder comes from that checkpoint, not from the policy.
+    import lightrl.critic
+    seen = []
+    real = lightrl.critic.ValueModel.__init__
+
+    def init(self, decoder):
+        seen.append({k: v.clone() for k, v in decoder.state_dict().items()})
+        real(self, decoder)
+
+    monkeypatch.setattr(lightrl.critic.ValueModel, "__init__", init)
+    train(small(tmp_path, "cm", model="tiny", warm_start_steps=5, critic_model=warm_model, steps=1))
+    want = load_file(os.path.join(warm_model, "model.safetensors"))
+    assert seen and all(torch.equal(v, want["model." + k]) for k, v in seen[0].items())
