@@ -89,9 +89,9 @@ def markdown_table(paths) -> str:
 def _kernels():
     """Every module-level Triton kernel of lightrl.kernels, by module-qualified name."""
     import triton
-    from lightrl.kernels import advantage_triton, logprobs_triton, policy_loss_triton
+    from lightrl.kernels import advantage_triton, gae_triton, logprobs_triton, policy_loss_triton
     found = {}
-    for module in (logprobs_triton, policy_loss_triton, advantage_triton):
+    for module in (logprobs_triton, policy_loss_triton, advantage_triton, gae_triton):
         for name, obj in vars(module).items():
             if isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
                 found[f"{module.__name__.rsplit('.', 1)[1]}.{name}"] = obj
@@ -125,7 +125,7 @@ def _specialize(kernel, args, kwargs):
 def record_launches() -> list:
     """The distinct GPU launches of the public ops: dicts of kernel, signature, constexprs, attrs, options."""
     from lightrl.algos import ALGOS
-    from lightrl.kernels import backend, fused_policy_loss, group_advantages, linear_logprobs, policy_loss
+    from lightrl.kernels import backend, fused_policy_loss, gae, group_advantages, linear_logprobs, policy_loss
 
     kernels = _kernels()
     seen = {}
@@ -143,7 +143,7 @@ def record_launches() -> list:
     for name, k in kernels.items():
         k.run = recorder(name, k)
     try:
-        _drive_ops(ALGOS, linear_logprobs, fused_policy_loss, policy_loss, group_advantages)
+        _drive_ops(ALGOS, linear_logprobs, fused_policy_loss, policy_loss, group_advantages, gae)
     finally:
         backend.triton_target = saved_target
         for name, k in kernels.items():
@@ -171,7 +171,7 @@ def _kl_sweep(algos):
     return [extra.with_overrides(kl_estimator=k) for k in ("k1", "k2", "k3", "k1+", "k2+", "k3+")]
 
 
-def _drive_ops(algos, linear_logprobs, fused_policy_loss, policy_loss, group_advantages):
+def _drive_ops(algos, linear_logprobs, fused_policy_loss, policy_loss, group_advantages, gae):
     """Calls the public ops the way the trainer and the benchmarks do (values are irrelevant:
     launches are recorded, not run). N is ragged, D and V are multiples of 16 like real models."""
     from lightrl.kernels import LossScale
@@ -212,6 +212,8 @@ def _drive_ops(algos, linear_logprobs, fused_policy_loss, policy_loss, group_adv
             lengths = torch.randint(1, 100, (b,), generator=g)
             group_advantages(rewards, size, row, lengths=lengths, shaping=torch.rand(b, generator=g),
                              backend="triton")
+    # GAE (ppo, reinforce++): gamma and lam are runtime floats, so one launch covers every row.
+    gae(torch.rand(n, generator=g), torch.rand(n, generator=g), mask, seq, gamma=1.0, lam=0.95, backend="triton")
 
 
 def _ptxas():

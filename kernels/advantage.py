@@ -3,6 +3,7 @@ import torch
 
 from lightrl.kernels import advantage_torch
 from lightrl.kernels.backend import resolve_backend
+from lightrl.kernels.gae import gae
 
 
 def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend="auto"):
@@ -15,8 +16,8 @@ def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend
     decide on them. shaping [B] (format, overlong and KL-in-reward terms) is added after
     the map, so pm1 does not double it, and enters baseline, scale and top_k's reward per token.
     Returns (advantages [B] f32, keep [B] bool): advantages are computed over the kept
-    samples and are 0 elsewhere; never NaN (a group of one, equal rewards and a fully
-    filtered batch give zeros). Math in advantage_torch.py.
+    samples and are 0 elsewhere (rows with row.pairs: +1 chosen, -1 rejected, keep = paired);
+    never NaN (a group of one, equal rewards and a fully filtered batch give zeros). Math in advantage_torch.py.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be [B], got {tuple(rewards.shape)}")
@@ -37,9 +38,83 @@ def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend
         if lengths is None or lengths.shape != (b,):
             raise ValueError(f"row.keep='top_k' (by {row.top_k_by}) needs lengths [B={b}]")
     name = resolve_backend(backend, dev)
+    if row.pairwise:  # a min per group and a comparison: one PyTorch path serves every backend
+        if row.pairs == "shortest" and (lengths is None or lengths.shape != (b,)):
+            raise ValueError(f"row.pairs='shortest' needs lengths [B={b}]")
+        return advantage_torch.preference_pairs(rewards, gid, num_groups, row, lengths)
     if name == "reference":
         return advantage_torch.reference_group_advantages(rewards, gid, num_groups, row, lengths, shaping)
     if name == "triton":
         from lightrl.kernels import advantage_triton  # imported late: only where Triton can run
         return advantage_triton.group_advantages_triton(rewards, gid, num_groups, row, lengths, shaping)
     return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths, shaping)
+
+
+def token_advantages(advantages, seq_index, mask, row, *, kl=None, values=None, backend="auto"):
+    """Per-token advantages and value targets of ``row`` from per-sequence advantages, by GAE.
+
+    Each sequence's advantage is the reward of its last mask token; with row.kl_per_token every
+    mask token also gets -kl_coef * kl; gae(row.gae_gamma, row.gae_lambda) over values (the
+    critic's, or 0) turns these rewards into advantages and returns; row.whiten then whitens the
+    advantages over the mask tokens. With gamma = lam = 1 and no critic this is the return-to-go
+    A_t = a_s - kl_coef * sum_{i >= t} k_i (REINFORCE++).
+    advantages [S] f32 (group_advantages'), seq_index [N] int64 non-decreasing in [0, S), mask [N]
+    bool, kl [N] f32 (needed when row.kl_per_token and kl_coef > 0), values [N] f32 or None.
+    Returns (advantages [N] f32, returns [N] f32), 0 outside the mask. Math in advantage_torch.py.
+    """
+    n = seq_index.shape[0]
+    if advantages.dim() != 1:
+        raise ValueError(f"advantages must be [S] per sequence, got {tuple(advantages.shape)}")
+    if mask.shape != (n,) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool [N={n}] like seq_index, got {mask.dtype} {tuple(mask.shape)}")
+    if n and int(seq_index.max()) >= advantages.numel():
+        raise ValueError(f"seq_index reaches {int(seq_index.max())} but advantages has {advantages.numel()} entries")
+    if row.kl_per_token and row.kl_coef > 0 and (kl is None or kl.shape != (n,)):
+        raise ValueError(f"row has kl_per_token with kl_coef={row.kl_coef}: pass kl [N={n}], the per-token "
+                         "KL estimate")
+    if row.critic and (values is None or values.shape != (n,)):
+        raise ValueError(f"row has a critic: pass values [N={n}], the critic's value of every token")
+    rewards = advantage_torch.token_rewards(advantages, seq_index, mask, row, kl)
+    adv, returns = gae(rewards, torch.zeros_like(rewards) if values is None else values, mask, seq_index,
+                       gamma=row.gae_gamma, lam=row.gae_lambda, num_seqs=advantages.numel(), backend=backend)
+    if row.whiten:
+        adv = advantage_torch.whiten(adv, mask, row.std_eps)
+    return adv, returns
+
+
+def pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, *, beta: float, seqs: int):
+    """DPO as per-sequence coefficients for fused_policy_loss (ratio "none", seq_mean_token_sum).
+
+    logp, ref_logp [N] f32 (the policy's and the reference's log-probs, no gradient), mask [N]
+    bool, seq_index [N] int64 non-decreasing in [0, S), sign [S] (+1 chosen, -1 rejected:
+    group_advantages' output for a pairs row, after keeping the paired samples), group [S] int64
+    (one chosen and one rejected per group), seqs: the loss' S' (LossScale.seqs).
+    Returns (coefficients [S] f32, metrics: dpo_loss (mean over pairs of -log sigmoid(z)),
+    dpo_accuracy (pairs with D_chosen > D_rejected), dpo_margin (mean D_chosen - D_rejected),
+    pairs). Passed as the advantages, they give exactly the DPO loss' gradient. Math in
+    advantage_torch.py.
+    """
+    s = sign.numel()
+    if group.shape != (s,) or bool((torch.bincount(torch.unique(group, return_inverse=True)[1]) != 2).any()):
+        raise ValueError("pair_coefficients needs exactly two sequences (a chosen and a rejected) per group")
+    return advantage_torch.pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, beta, seqs)
+
+
+def rollout_weights(old_logp, rollout_logp, mask, seq_index, row):
+    """Rollout correction of ``row`` (row.rollout_is) from the trainer's and the engine's log-probs of
+    the sampled tokens under the same weights.
+
+    old_logp, rollout_logp [N] f32, mask [N] bool, seq_index [N] int64 non-decreasing.
+    Returns (weights [N] f32 to multiply the advantages by (1 for the mask modes), keep [N] bool
+    (False: the token leaves the loss; all True for the truncate modes), metrics: rollout_kl (k3
+    of the two over mask tokens), rollout_is_clipped_frac (mask tokens whose weight hit the cap),
+    rollout_is_masked_frac (mask tokens dropped)). Identical log-probs give weights 1 and keep
+    True exactly. Math in advantage_torch.py.
+    """
+    n = old_logp.shape[0]
+    for name, t in (("rollout_logp", rollout_logp), ("mask", mask), ("seq_index", seq_index)):
+        if t.shape != (n,):
+            raise ValueError(f"{name} must be [N={n}] like old_logp, got {tuple(t.shape)}")
+    if row.rollout_is == "none":
+        raise ValueError("row.rollout_is is 'none': there is no rollout correction to compute")
+    return advantage_torch.rollout_weights(old_logp, rollout_logp, mask, seq_index, row)

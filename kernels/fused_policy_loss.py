@@ -15,7 +15,7 @@ import torch
 from lightrl.kernels import fused_policy_loss_torch, logprobs_torch, policy_loss_torch
 from lightrl.kernels.backend import resolve_backend
 from lightrl.kernels.logprobs import check_logprob_inputs, logprob_impl
-from lightrl.kernels.policy_loss import LossScale, apply_scale, check_inputs, policy_impl
+from lightrl.kernels.policy_loss import LossScale, apply_scale, check_inputs, policy_impl, select_by_entropy
 
 
 class _FusedPolicyLoss(torch.autograd.Function):
@@ -23,13 +23,14 @@ class _FusedPolicyLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lp_impl, pl_impl, hidden, weight, targets, old_logp, ref_logp, adv_tok, mask, seq_index,
-                num_seqs, row, temperature, loss_constant):
-        want_entropy = row.entropy_coef != 0
+                num_seqs, row, temperature, loss_constant, cutoff):
+        want_entropy = row.entropy_coef != 0 or row.selects_by_entropy
         logp, entropy, lse = lp_impl.logprobs_forward(hidden, weight, targets, temperature, want_entropy)
+        adv_tok = select_by_entropy(adv_tok, entropy, mask, row, cutoff)
         loss, grad_logp, grad_ent, parts = pl_impl.policy_loss_terms(
             logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant)
         empty = lse.new_zeros(0)
-        ctx.save_for_backward(hidden, weight, targets, lse, entropy if want_entropy else empty, grad_logp,
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy if grad_ent is not None else empty, grad_logp,
                               grad_ent if grad_ent is not None else empty)
         ctx.lp_impl, ctx.temperature = lp_impl, temperature
         ctx.mark_non_differentiable(parts)
@@ -42,7 +43,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.lp_impl.logprobs_backward(
             hidden, weight, targets, ctx.temperature, lse, entropy if g_ent is not None else None,
             grad_logp * grad_loss, g_ent, want_grad_weight=ctx.needs_input_grad[3])
-        return (None, None, grad_hidden, grad_weight) + (None,) * 10
+        return (None, None, grad_hidden, grad_weight) + (None,) * 11
 
 
 class _FusedTokenLevelTorch(torch.autograd.Function):
@@ -50,10 +51,10 @@ class _FusedTokenLevelTorch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
-                temperature, loss_constant):
+                temperature, loss_constant, cutoff):
         loss, parts, grad_hidden, grad_weight = fused_policy_loss_torch.fused_token_level(
             hidden, weight, targets, old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row, temperature,
-            loss_constant, want_grad_weight=ctx.needs_input_grad[1])
+            loss_constant, want_grad_weight=ctx.needs_input_grad[1], entropy_cutoff=cutoff)
         ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None else grad_hidden.new_zeros(0))
         ctx.has_gw = grad_weight is not None
         ctx.mark_non_differentiable(parts)
@@ -66,7 +67,7 @@ class _FusedTokenLevelTorch(torch.autograd.Function):
         if bool(grad_loss != 1):  # the usual loss.backward() needs no pass over [V, D]
             grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
             gw = gw * grad_loss.to(gw.dtype) if gw is not None else None
-        return (grad_hidden, gw) + (None,) * 10
+        return (grad_hidden, gw) + (None,) * 11
 
 
 def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, mask, seq_index, row, *,
@@ -76,7 +77,8 @@ def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, m
     hidden [N, D], weight [V, D] (same dtype: fp32, bf16 or fp16), targets [N] int64
     (-100 = no target: logp 0, no gradient); old_logp, ref_logp, advantages, mask,
     seq_index and scale as in lightrl.kernels.policy_loss (entropy is computed
-    here when row.entropy_coef != 0; entropy_mean is 0 otherwise).
+    here in the same forward when row.entropy_coef != 0 or row.entropy_top_frac < 1, which
+    then selects the tokens by scale.entropy_cutoff; entropy_mean is 0 otherwise).
     Returns (loss 0-d f32, metrics dict); differentiable w.r.t. hidden and weight.
     backend: "auto" | "triton" | "torch" | "reference" (materialises the logits).
     """
@@ -87,19 +89,24 @@ def fused_policy_loss(hidden, weight, targets, old_logp, ref_logp, advantages, m
                                                          None, scale, entropy_from_caller=False)
     temperature, loss_constant = float(temperature), scale.constant
     name = resolve_backend(backend, hidden.device)
+    cutoff = scale.entropy_cutoff
     if name == "reference":
-        want_entropy = row.entropy_coef != 0
+        want_entropy = row.entropy_coef != 0 or row.selects_by_entropy
         out = logprobs_torch.reference_linear_logprobs(hidden, weight, targets, temperature, want_entropy)
         logp, entropy = out if want_entropy else (out, None)
+        adv_tok = select_by_entropy(adv_tok, entropy, mask, row, cutoff)
         loss, metrics = policy_loss_torch.reference_policy_loss(
             logp, old_logp, ref_logp, adv_tok, mask, seq_index, entropy, num_seqs, row, loss_constant)
     else:
-        if name == "torch" and row.ratio != "sequence":
+        # The chunked torch path finishes each chunk before it sees the next one's entropy, so it
+        # needs the cutoff up front; without one (the call's own) the generic path computes it.
+        chunked = row.ratio != "sequence" and (cutoff is not None or not row.selects_by_entropy)
+        if name == "torch" and chunked:
             loss, parts = _FusedTokenLevelTorch.apply(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask,
-                                                      seq_index, num_seqs, row, temperature, loss_constant)
+                                                      seq_index, num_seqs, row, temperature, loss_constant, cutoff)
         else:
             loss, parts = _FusedPolicyLoss.apply(logprob_impl(name), policy_impl(name), hidden, weight, targets,
                                                  old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
-                                                 temperature, loss_constant)
+                                                 temperature, loss_constant, cutoff)
         metrics = policy_loss_torch.finish_metrics(parts)
     return apply_scale(loss, mask, seq_index, num_seqs, row, scale), metrics

@@ -23,11 +23,12 @@ _CHUNK_ELEMENTS = 1 << 24
 
 
 def fused_token_level(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask, seq_index, num_seqs, row,
-                      temperature: float, loss_constant, want_grad_weight: bool = True):
+                      temperature: float, loss_constant, want_grad_weight: bool = True, entropy_cutoff=None):
     """Loss, metric partials and the finished gradients for a token-level row.
 
     hidden [N, D], weight [V, D] (fp32/bf16/fp16), targets [N] int64 (-100 = none),
-    other per-token inputs [N] as in policy_loss. Returns
+    other per-token inputs [N] as in policy_loss; entropy_cutoff: the batch's cutoff, required
+    when row.entropy_top_frac < 1 (each chunk is finished before the next is seen). Returns
     (loss 0-d f32, parts [8] f32, grad_hidden [N, D] hidden.dtype, grad_weight [V, D] weight.dtype or None).
     """
     if row.ratio == "sequence":
@@ -36,7 +37,9 @@ def fused_token_level(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask
     dev = hidden.device
     w = weight if weight.dtype == torch.float32 else weight.float()
     inv_t = 1.0 / temperature
-    want_entropy = row.entropy_coef != 0
+    if row.selects_by_entropy and entropy_cutoff is None:
+        raise ValueError(f"row has entropy_top_frac={row.entropy_top_frac}: pass entropy_cutoff (the batch's)")
+    want_entropy = row.entropy_coef != 0 or row.selects_by_entropy
     count, seq_lr, scalars = policy_loss_torch.segment_stats(None, None, mask, seq_index, num_seqs, row,
                                                              loss_constant)
     valid = targets != IGNORE_INDEX
@@ -69,9 +72,10 @@ def fused_token_level(hidden, weight, targets, old_logp, ref_logp, adv_tok, mask
             # H = log sum e^u - sum(e^u u) / sum e^u
             ent = torch.where(ok, log_sum - torch.einsum("ij,ij->i", q, z) / sum_q, 0.0)
         sl = slice(s, e)
+        adv_c = torch.where(ent >= entropy_cutoff, adv_tok[sl], 0.0) if row.selects_by_entropy else adv_tok[sl]
         loss_c, g, g_ent, parts_c = policy_loss_torch.token_terms(
             logp, None if old_logp is None else old_logp[sl], None if ref_logp is None else ref_logp[sl],
-            adv_tok[sl], mask[sl], seq_index[sl], ent, count, seq_lr, scalars, row)
+            adv_c, mask[sl], seq_index[sl], ent, count, seq_lr, scalars, row)
         loss += loss_c
         parts[:3] += parts_c[:3]
         parts[3] = torch.maximum(parts[3], parts_c[3])

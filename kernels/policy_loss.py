@@ -3,6 +3,7 @@
 The math (ratios, clips, KL estimators and their clamps, aggregation weights) is
 written out in policy_loss_torch.py's docstring; every backend computes the same.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +30,36 @@ class LossScale:
     later over ranks), a call returns its share of the whole batch's loss: the shares and
     their gradients sum to the whole batch's. Metrics stay means over the call's own mask
     tokens; merge_metrics combines them.
+    entropy_cutoff: for rows with entropy_top_frac < 1, the whole batch's entropy at that
+    fraction (entropy_cutoff()): the policy gradient acts on tokens with entropy >= it. A
+    batch-wide number like the counts, so that micro-batches select the batch's top tokens,
+    not each their own (None: the call's own cutoff).
     """
     tokens: int | None = None
     seqs: int | None = None
     constant: float | None = None
+    entropy_cutoff: float | None = None
+
+
+def entropy_cutoff(entropy, mask, frac: float) -> float:
+    """The entropy of the ceil(frac * T)-th highest-entropy mask token (T = mask tokens); tokens with
+    entropy >= it are the top frac (ties at the cutoff all count). entropy [N] f32, mask [N] bool.
+    +inf without a mask token."""
+    values = entropy.detach().float()[mask]
+    if not values.numel():
+        return float("inf")
+    k = max(1, math.ceil(frac * values.numel()))
+    return float(torch.topk(values, k).values[-1])
+
+
+def select_by_entropy(adv_tok, entropy, mask, row, cutoff):
+    """adv_tok [N] with the tokens under the entropy cutoff (row.entropy_top_frac; cutoff None: this
+    call's own) set to 0, which removes their policy-gradient term and nothing else."""
+    if not row.selects_by_entropy:
+        return adv_tok
+    if cutoff is None:
+        cutoff = entropy_cutoff(entropy, mask, row.entropy_top_frac)
+    return torch.where(entropy.detach() >= cutoff, adv_tok, 0.0)
 
 
 def apply_scale(loss, mask, seq_index, num_seqs: int, row, scale: LossScale):
@@ -125,6 +152,9 @@ def check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row, entrop
                          "or override kl_coef=0")
     if row.entropy_coef != 0 and entropy is None and entropy_from_caller:
         raise ValueError(f"row has entropy_coef={row.entropy_coef}: pass entropy [N]")
+    if row.selects_by_entropy and entropy is None and entropy_from_caller:
+        raise ValueError(f"row has entropy_top_frac={row.entropy_top_frac}: pass entropy [N] (the tokens "
+                         "are selected by it)")
     if scale.constant is not None and not scale.constant > 0:
         raise ValueError(f"LossScale.constant must be > 0 (the max completion length), got {scale.constant}")
     adv_tok = (advantages if per_token else advantages[seq_index]).detach()
@@ -141,13 +171,15 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, e
     gradient), ref_logp [N] or None (needed when the row has KL in the loss), advantages
     [S] per sequence or [N] per token, mask [N] bool (tokens that count), seq_index [N]
     int64 non-decreasing (sequence of each token), entropy [N] (differentiable; needed
-    when row.entropy_coef != 0), scale: a LossScale (default: this call's own denominators;
+    when row.entropy_coef != 0 or row.entropy_top_frac < 1), scale: a LossScale (default: this call's
+    own denominators;
     the whole batch's make the loss this call's share of it).
     Returns (loss 0-d f32, metrics): 0-d f32 tensors, means over mask tokens (0 without any):
       clip_frac_low / clip_frac_high: tokens whose coefficient the clip changed: ppo:
         r < 1-eps_low with A < 0 / r > 1+eps_high with A > 0; cispo: r out of range with A != 0;
       ratio_mean, ratio_max: of r over mask tokens; kl_mean: of the row's estimator
-        (0 without ref_logp); entropy_mean (0 without entropy); kept_frac: tokens with A != 0.
+        (0 without ref_logp); entropy_mean (0 without entropy); kept_frac: tokens with A != 0
+        (after the entropy selection).
     """
     n = logp.shape[0]
     if logp.dim() != 1:
@@ -155,6 +187,7 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, seq_index, row, *, e
     scale = scale or LossScale()
     num_seqs, adv_tok, old_logp, ref_logp = check_inputs(n, old_logp, ref_logp, advantages, mask, seq_index, row,
                                                          entropy, scale)
+    adv_tok = select_by_entropy(adv_tok, entropy, mask, row, scale.entropy_cutoff)
     name = resolve_backend(backend, logp.device)
     if name == "reference":
         loss, metrics = policy_loss_torch.reference_policy_loss(

@@ -72,11 +72,12 @@ class StepBatch:
 
     @classmethod
     def build(cls, groups, counts: list[bool], device) -> StepBatch:
-        """From groups of (prompt ids, completion ids of each sample, their scores, their shaping terms)
-        and counts[s]: whether sequence s's tokens count (sequences numbered group after group);
-        moved to device in one go."""
+        """From groups of (prompt ids, completion ids of each sample, their scores, their shaping terms[,
+        their sampling log-probs: a list of floats per completion, into extras["rollout_logp"]]) and
+        counts[s]: whether sequence s's tokens count (sequences numbered group after group); moved
+        to device in one go."""
         prompts, comps, group, ids, targets, seq_index, pos, mask = [], [], [], [], [], [], [], []
-        for g, (p, group_comps, _, _) in enumerate(groups):
+        for g, (p, group_comps, *_) in enumerate(groups):
             for c in group_comps:
                 s = len(comps)
                 prompts.append(p)
@@ -89,11 +90,15 @@ class StepBatch:
                 mask += [counts[s]] * len(c)
         to = lambda xs, dt: torch.tensor(xs, dtype=dt).to(device)  # noqa: E731
         flat = lambda i: to([x for grp in groups for x in grp[i]], torch.float32)  # noqa: E731
+        extras = {}
+        if groups and len(groups[0]) > 4:
+            extras["rollout_logp"] = to([x for grp in groups for lp in grp[4] for x in lp], torch.float32)
         return cls(prompt_lens=[len(p) for p in prompts], comp_lens=[len(c) for c in comps],
                    ids=to(ids, torch.long), group=to(group, torch.long),
                    lengths=to([len(c) for c in comps], torch.long),
                    scores=flat(2), shaping=flat(3), targets=to(targets, torch.long),
-                   seq_index=to(seq_index, torch.long), pos=to(pos, torch.long), mask=to(mask, torch.bool))
+                   seq_index=to(seq_index, torch.long), pos=to(pos, torch.long), mask=to(mask, torch.bool),
+                   extras=extras)
 
     @property
     def num_seqs(self) -> int:

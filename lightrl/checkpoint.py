@@ -101,8 +101,12 @@ def weights_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True) -> str | None:
+def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True,
+         extra=()) -> str | None:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`. Returns its path.
+
+    extra: functions of the checkpoint directory that write more files into it before the manifest
+    (a critic's, a refreshed reference's), so they are verified and renamed with the rest.
 
     finite=False (the step's reward, loss or gradient was non-finite) or non-finite weights: nothing
     is written, the previous checkpoints stay, and None is returned. A failed write (disk full,
@@ -127,6 +131,8 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, os.path.join(tmp, STATE))
+        for write in extra:
+            write(tmp)
         _write_manifest(tmp)
         _fsync_tree(tmp)
         if os.path.exists(final):  # re-saving a step after a resume

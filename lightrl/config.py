@@ -67,6 +67,11 @@ class Config:
     warmup_steps: int = _opt(0, "linear learning-rate warmup, in RL steps")
     grad_clip: float = _opt(1.0, "max gradient norm (0 = off)")
     updates_per_batch: int = _opt(1, "optimizer steps on each rollout batch (>1 makes ratios matter)")
+    critic_model: str = _opt("", "rows with a critic (ppo): the value model's starting weights, a HF model "
+                                 "directory or hub name ('' = the policy's starting weights)")
+    critic_lr: float = _opt(5e-4, "rows with a critic: its AdamW learning rate (the default suits the tiny "
+                                  "model; verl's PPO uses 1e-5 for real LLMs)")
+    critic_warmup_steps: int = _opt(0, "rows with a critic: its linear learning-rate warmup, in RL steps")
     micro_batch: int = _opt(64, "sequences per forward/backward (gradient accumulation above it)")
     format_weight: float = _opt(0.0, "weight of the \\boxed{} format reward added to the correctness reward")
     max_bad_steps: int = _opt(3, "stop after this many consecutive steps skipped for NaN/inf loss or reward")
@@ -128,6 +133,7 @@ def validate(cfg: Config) -> AlgoRow:
     if cfg.algo not in ALGOS:
         raise ValueError(f"--algo {cfg.algo!r} is unknown; known: {', '.join(ALGOS)} (see --list-algos)")
     row = cfg.algo_row()
+    row.check_pairs()
     if cfg.steps < 1:
         raise ValueError(f"--steps {cfg.steps} would train nothing; pass --steps >= 1 (with --resume: the step "
                          "to reach, counted from the start of the run)")
@@ -146,7 +152,7 @@ def validate(cfg: Config) -> AlgoRow:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ["warmup_steps", "eval_every", "save_every", "warm_start_steps", "eval_limit",
+    for name in ["warmup_steps", "critic_warmup_steps", "eval_every", "save_every", "warm_start_steps", "eval_limit",
                  "eval_max_new_tokens", "threads", "max_refills"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
@@ -155,6 +161,13 @@ def validate(cfg: Config) -> AlgoRow:
                          f"a block of {ROLLOUT_SEEDS_PER_STEP}, one per round), got {cfg.max_refills}")
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be > 0, got {cfg.lr}")
+    if not cfg.critic_lr > 0:
+        raise ValueError(f"--critic-lr must be > 0, got {cfg.critic_lr}")
+    if not row.critic:
+        for name in ("critic_model", "critic_warmup_steps"):
+            if getattr(cfg, name):
+                raise ValueError(f"--{_flag(name)} is set but algo {cfg.algo!r} has no critic (critic=False); "
+                                 "drop it or pick a row with a critic (ppo)")
     if not cfg.temperature > 0:
         raise ValueError(f"--temperature must be > 0 (it divides the logits in the loss), got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:

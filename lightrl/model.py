@@ -12,9 +12,12 @@ import torch
 
 from lightrl.config import Config
 from lightrl.data import prompt_text
+from lightrl.errors import UserError
 from lightrl.kernels import linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import logger, show_bars
+
+REFERENCE = "reference"  # checkpoint subdirectory of a refreshed reference's weights
 
 
 def setup(cfg: Config):
@@ -67,18 +70,34 @@ class Policy:
         return hidden if self.amp_dtype is None else hidden.to(self.amp_dtype)  # the final norm may return fp32
 
     @torch.no_grad()
-    def logprobs(self, net, batch, micro_batch: int) -> torch.Tensor:
-        """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference)."""
-        return torch.cat([linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets,
-                                          temperature=self.temperature, backend=self.backend)
-                          for mb in batch.micro(micro_batch)])
+    def logprobs(self, net, batch, micro_batch: int, return_entropy: bool = False):
+        """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference);
+        with return_entropy, (log-probs, entropies [N] f32) from the same pass."""
+        outs = [linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets, temperature=self.temperature,
+                                return_entropy=return_entropy, backend=self.backend)
+                for mb in batch.micro(micro_batch)]
+        if return_entropy:
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return torch.cat(outs)
 
     @torch.no_grad()
+    def token_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
+        """The KL(pi || ref) estimator [N] f32 of every completion token, 0 outside the mask (kl_in_reward)."""
+        logp, ref_logp = (self.logprobs(net, batch, micro_batch) for net in (self.model, self.ref_model))
+        return kl_terms(logp, ref_logp, batch.mask, estimator)[0]
+
     def sequence_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
         """Per-sequence sums [S] f32 over mask tokens of the KL(pi || ref) estimator (kl_in_reward)."""
-        logp, ref_logp = (self.logprobs(net, batch, micro_batch) for net in (self.model, self.ref_model))
-        k, _ = kl_terms(logp, ref_logp, batch.mask, estimator)
-        return batch.seq_sum(k)
+        return batch.seq_sum(self.token_kl(batch, micro_batch, estimator))
+
+    @torch.no_grad()
+    def refresh_reference(self) -> None:
+        """The reference becomes a copy of the current policy (iterative DPO's new iteration)."""
+        self.ref_model.load_state_dict(self.model.state_dict())
+
+    def save_reference(self, ckpt_dir: str) -> None:
+        """Write the reference to ckpt_dir/reference/ (rows that refresh it: a resume needs it)."""
+        self.ref_model.save_pretrained(os.path.join(ckpt_dir, REFERENCE), safe_serialization=True)
 
     @torch.no_grad()
     def entropy(self, hidden, mb) -> float:
@@ -100,7 +119,7 @@ def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict]
         model.gradient_checkpointing_enable()
     ref_model = None
     if row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
-        ref_model = _from_pretrained(init_path, device) if ckpt else copy.deepcopy(model)
+        ref_model = _from_pretrained(_reference_path(ckpt, row, init_path), device) if ckpt else copy.deepcopy(model)
         ref_model.requires_grad_(False).eval()
         if amp_dtype is not None:  # only ever run under autocast: half-precision storage is enough
             ref_model.to(amp_dtype)
@@ -111,13 +130,15 @@ def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict]
                   backend=cfg.backend)
 
 
-def rollout_engine(cfg: Config, policy: Policy, engine_name: str, resumed: bool):
-    """The engine that samples completions: vLLM (weights synced from the policy on resume) or HF generate."""
+def rollout_engine(cfg: Config, policy: Policy, engine_name: str, resumed: bool, logprobs: bool = False):
+    """The engine that samples completions: vLLM (weights synced from the policy on resume) or HF generate.
+    logprobs: the row asks for the sampling log-probs (rollout correction)."""
     if engine_name == "vllm":
         from lightrl.rollout import VLLMEngine
         engine = VLLMEngine(policy.init_path, policy.tokenizer, stop_ids=policy.stop_ids,
                             dtype="bfloat16" if policy.amp_dtype is not None else "float32",
                             gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, sleep=cfg.vllm_sleep,
+                            logprobs=logprobs,
                             max_model_len=cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.eval_max_new_tokens))
         if resumed:
             engine.sync_weights(policy.model)
@@ -158,6 +179,18 @@ def check_plain_lm_head(model, name: str) -> None:
         raise ValueError(f"--model {name}: {', '.join(problems)}; lightrl's fused loss takes logits as "
                          "hidden @ lm_head.weight.T only, so its log-probs would be wrong for this model "
                          "(Llama, Qwen2/2.5/3 and Mistral-style heads are fine)")
+
+
+def _reference_path(ckpt: str, row, init_path: str) -> str:
+    """Where a resume finds the reference: the starting weights, or for rows that refresh it
+    (ref_refresh) the copy saved with the checkpoint."""
+    if not row.ref_refresh:
+        return init_path
+    path = os.path.join(ckpt, REFERENCE)
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise UserError(f"{path}/model.safetensors is missing: this row refreshes its reference (ref_refresh), "
+                        "so a resume needs the reference saved with the checkpoint; resume a checkpoint of this run")
+    return path
 
 
 def _has_vllm() -> bool:

@@ -89,6 +89,13 @@ def _check_resume(cfg: Config, row: AlgoRow, run_dir: str, ckpt: str) -> None:
                         f"pass --steps M with M > {step} to continue")
     checkpoint.verify(ckpt, checksums=not cfg.resume_ignore_checksum)
     _check_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    # A critic and a refreshed reference live only in the checkpoint: nothing could rebuild them.
+    for needed, name, why in ((row.critic, "critic", "a critic"), (row.ref_refresh, "reference",
+                                                                    "a refreshed reference (ref_refresh)")):
+        path = os.path.join(ckpt, name, "model.safetensors")
+        if needed and not os.path.isfile(path):
+            raise UserError(f"{path} is missing: algo {cfg.algo!r} has {why}, which the resume needs; "
+                            "resume a checkpoint written by a run of this algorithm")
     if cfg.model == "tiny":
         # The reference policy (and vLLM's starting weights) of a tiny-model run is its warm start.
         warm = os.path.join(run_dir, "warm_start")

@@ -28,8 +28,10 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
-        """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat."""
+                 max_new_tokens: int, seed: int, desc: str = "rollout", return_logprobs: bool = False):
+        """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat.
+        return_logprobs: also the sampling log-prob of every completion token (a list of floats per
+        completion), from the scores after the same processors the sampler used (temperature, top-p)."""
         from transformers import GenerationConfig
         flat = [p for p in prompts for _ in range(n)]
         pad = self.tokenizer.pad_token_id
@@ -46,7 +48,7 @@ class HFEngine:
         self.model.eval()
         # CPU generator state is global in transformers' sampling; seed it per call for exact resumes.
         torch.manual_seed(seed)
-        out, saved = [], self.model.generation_config
+        out, logprobs, saved = [], [], self.model.generation_config
         self.model.generation_config = gen_cfg
         for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
             chunk = flat[start:start + self.batch_size]
@@ -57,12 +59,19 @@ class HFEngine:
                 ids[i, width - len(p):] = torch.tensor(p)
                 attn[i, width - len(p):] = 1
             gen = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                      generation_config=gen_cfg)
-            for row in gen[:, width:].tolist():
+                                      generation_config=gen_cfg, output_scores=return_logprobs,
+                                      return_dict_in_generate=return_logprobs)
+            new = (gen.sequences if return_logprobs else gen)[:, width:]
+            for row in new.tolist():
                 out.append(cut_at_stop(row, self.stop_ids))
+            if return_logprobs:
+                # scores[t] [B, V]: the processed logits of step t (-inf outside the top-p nucleus).
+                lp = torch.stack([torch.log_softmax(s.float(), -1) for s in gen.scores], 1)
+                lp = lp.gather(2, new[:, :lp.shape[1], None]).squeeze(2).tolist()
+                logprobs += [row[:len(c)] for row, c in zip(lp, out[-len(lp):])]
         self.model.generation_config = saved
         self.model.train(was_training)
-        return out
+        return (out, logprobs) if return_logprobs else out
 
     def sync_weights(self, model) -> None:
         """Nothing to do: generation runs on the trained model."""
@@ -91,7 +100,7 @@ class VLLMEngine:
     """
 
     def __init__(self, model_path: str, tokenizer, *, stop_ids: list[int], dtype: str, gpu_memory_utilization: float,
-                 max_model_len: int, seed: int, sleep: bool):
+                 max_model_len: int, seed: int, sleep: bool, logprobs: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
@@ -100,21 +109,30 @@ class VLLMEngine:
                               "or use --engine hf") from None
         self.tokenizer, self.use_sleep, self.stop_ids = tokenizer, sleep, stop_ids
         # generation_config="vllm": ignore the checkpoint's sampling defaults (see HFEngine).
+        # logprobs: sampled tokens' log-probs after temperature / top-p (vLLM's default is the raw logits').
+        extra = {"logprobs_mode": "processed_logprobs"} if logprobs else {}
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       enable_sleep_mode=sleep, enable_prefix_caching=True, generation_config="vllm")
+                       enable_sleep_mode=sleep, enable_prefix_caching=True, generation_config="vllm", **extra)
         self.asleep = False
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
+                 max_new_tokens: int, seed: int, desc: str = "rollout", return_logprobs: bool = False):
+        """As HFEngine.generate; return_logprobs needs the engine built with logprobs=True."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         self.wake()
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, top_k=-1,
                                 repetition_penalty=1.0, max_tokens=max_new_tokens, seed=seed,
-                                stop_token_ids=self.stop_ids)
+                                stop_token_ids=self.stop_ids, logprobs=0 if return_logprobs else None)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [cut_at_stop(list(c.token_ids), self.stop_ids) for o in outputs for c in o.outputs]
+        comps = [cut_at_stop(list(c.token_ids), self.stop_ids) for o in outputs for c in o.outputs]
+        if not return_logprobs:
+            return comps
+        # logprobs=0: each step's dict holds the sampled token's entry.
+        logprobs = [[step[t].logprob for step, t in zip(c.logprobs, ids)]
+                    for c, ids in zip((c for o in outputs for c in o.outputs), comps)]
+        return comps, logprobs
 
     def sync_weights(self, model) -> None:
         """Load the trainer's current weights into the engine (vLLM's model.load_weights)."""

@@ -9,7 +9,20 @@
                                before the first update when they can differ from the current ones
                                (several updates per batch); otherwise the loss is on-policy;
   kl_coef (needs_ref)          a frozen reference copy gives reference log-probs; kl_in_reward
-                               moves the KL into the reward before advantages;
+                               moves the KL into the reward before advantages (kl_per_token:
+                               as per-token rewards after them);
+  token_advantages             per-token advantages (GAE over per-token rewards: the KL return-to-go,
+                               a critic's values; whitening) in extras (per_token_advantages);
+  critic                       a value model (lightrl.critic) gives GAE its values and trains on the
+                               returns after the policy's update (critic.update);
+  entropy_top_frac             the batch's entropy cutoff in the LossScale (entropy_scale);
+  rollout_is                   the engine's sampling log-probs against the trainer's: weights on the
+                               advantages, masks on tokens (rollout_correction); old_logp_from_engine:
+                               they are the ratio's old log-probs;
+  pairs (pairwise)             DPO: group_advantages keeps one chosen / rejected pair per group, and
+                               their coefficients come from the current and reference log-probs
+                               before each update (dpo_coefficients); ref_refresh copies the policy
+                               into the reference every K steps (saved with each checkpoint);
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
 A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
 tokens reach fused_policy_loss (hidden states and the lm_head weight, never [tokens x vocab]
@@ -17,6 +30,7 @@ logits); given the batch's denominators, each micro-batch's loss is its share of
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -24,12 +38,14 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+import lightrl.critic
 from lightrl import checkpoint, model
 from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
 from lightrl.data import PromptSampler
 from lightrl.errors import RunStopped
-from lightrl.kernels import fused_policy_loss, group_advantages, merge_metrics
+from lightrl.kernels import (entropy_cutoff, fused_policy_loss, group_advantages, merge_metrics, pair_coefficients,
+                             rollout_weights, token_advantages)
 from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
 from lightrl.rewards.combined import reward_stats
@@ -54,6 +70,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
     # ---- policy, reference, optimizer, rollout engine, logger ---------------------------------
     torch.manual_seed(cfg.seed)
     policy = model.load(cfg, row, run_dir, ckpt, data_rows, device, amp_dtype)
+    critic = lightrl.critic.load(cfg, policy, ckpt, device) if row.critic else None
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     sampler = PromptSampler(len(data_rows), cfg.seed)
@@ -66,7 +83,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
         checkpoint.set_rng_state(state["rng"])
         start_step = state["step"]  # bad_in_a_row starts at 0: a resume (often with a new LR) counts afresh
         logger.info(f"resumed from {ckpt} at step {start_step}")
-    engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None)
+    engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None,
+                                  logprobs=row.needs_rollout_logp)
     log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started)
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
 
@@ -90,8 +108,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
         skip_reason = "non-finite reward" if nonfinite else None
         shaping, reward_kl_mean = batch.shaping, None
         if row.kl_in_reward and skip_reason is None:
-            kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
-            shaping = shaping - row.kl_coef * kl
+            if row.kl_per_token:  # a per-token reward: enters after the advantage step
+                batch.extras["kl"] = policy.token_kl(batch, cfg.micro_batch, row.kl_estimator)
+                kl = batch.seq_sum(batch.extras["kl"])
+            else:
+                kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
+                shaping = shaping - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
             reward_kl_mean = kl.sum().item() / max(int(batch.mask.sum()), 1)
         batch.advantages, batch.keep = group_advantages(batch.scores, batch.group, row, lengths=batch.lengths,
@@ -100,9 +122,13 @@ def train(cfg: Config, start: Start | None = None) -> str:
         if skip_reason is None and not batch.keep.any():
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
         kept = batch.select(batch.keep)
+        if row.rollout_is != "none" and skip_reason is None:
+            m.update(rollout_correction(policy, kept, cfg, row))
         scale = kept.loss_scale(loss_constant)
         if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
+        if skip_reason is None and (row.token_advantages or row.rollout_is != "none"):
+            per_token_advantages(kept, critic, cfg, row)
 
         # 4. update
         t_update = time.time()
@@ -112,11 +138,15 @@ def train(cfg: Config, start: Start | None = None) -> str:
             update_metrics, stepped, skip_reason = update_policy(policy, optimizer, kept, scale, cfg, row)
             m.update(update_metrics)
             nonfinite = skip_reason is not None
+            if critic is not None:
+                m.update(critic.update(kept, cfg, row))
         if reward_kl_mean is not None:
             m["kl_mean"] = reward_kl_mean
         if stepped:
             scheduler.step()
             engine.sync_weights(policy.model)
+        if row.ref_refresh and (step + 1) % row.ref_refresh == 0:
+            policy.refresh_reference()
         bad_in_a_row = bad_in_a_row + 1 if nonfinite else 0
         if skip_reason is not None:
             logger.warning(f"step {step + 1} skipped {'the rest of ' if stepped else ''}its update: {skip_reason}")
@@ -140,8 +170,10 @@ def train(cfg: Config, start: Start | None = None) -> str:
             state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
+            writers = [critic.save] if critic is not None else []
+            writers += [policy.save_reference] if row.ref_refresh else []
             checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                            finite=not nonfinite)
+                            finite=not nonfinite, **({"extra": writers} if writers else {}))
     bar.close()
     log.close()  # draws curves.png and logs the summary
     return run_dir
@@ -157,16 +189,19 @@ def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> 
     while True:
         idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
         prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
+        want = {"return_logprobs": True} if row.needs_rollout_logp else {}
         comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills)
+                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills, **want)
+        comps, logprobs = comps if want else (comps, None)
         scores, shaping = _rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
                                    cfg, row)
         sampled += len(comps)
         rewards += [s + x for s, x in zip(scores, shaping)]
         all_scores += scores
         cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
-        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) for g in range(len(idx))]
+        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) + ((cut(logprobs, g),) if want else ())
+               for g in range(len(idx))]
         if not row.refill:
             groups = new
             break
@@ -211,18 +246,62 @@ def _rewards(comps, data_rows, tokenizer, cfg, row):
     return scores, shaping
 
 
+def rollout_correction(policy, batch: StepBatch, cfg: Config, row) -> dict:
+    """Rollout correction (row.rollout_is): the trainer's log-probs of the sampling weights (one no-grad
+    pass; kept as the old log-probs when the row has several updates) against the engine's sampling
+    log-probs give per-token weights (extras["rollout_weight"], applied by per_token_advantages) and a
+    token mask, which drops tokens from the batch's mask before its denominators are counted. Returns
+    rollout_kl, rollout_is_clipped_frac, rollout_is_masked_frac."""
+    old = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    if row.needs_old_logp and cfg.updates_per_batch > 1:
+        batch.extras["old_logp"] = old
+    batch.extras["rollout_weight"], keep, metrics = rollout_weights(old, batch.extras["rollout_logp"], batch.mask,
+                                                                    batch.seq_index, row)
+    batch.mask = batch.mask & keep
+    return metrics
+
+
+def per_token_advantages(batch: StepBatch, critic, cfg: Config, row) -> None:
+    """Per-token advantages into batch.extras["advantages"]: token_advantages (GAE over the per-token
+    rewards, whitening) for rows with them, else the sequence's; times the rollout correction's
+    weights when it has set them. With a critic, its values of the batch as "old_values" and the GAE
+    returns (its targets) as "returns"."""
+    if row.token_advantages:
+        values = critic.values(batch, cfg.micro_batch) if critic is not None else None
+        adv, returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row, kl=batch.extras.get("kl"),
+                                        values=values, backend=cfg.backend)
+        if critic is not None:
+            batch.extras.update(old_values=values, returns=returns)
+    else:
+        adv = batch.advantages[batch.seq_index]
+    if "rollout_weight" in batch.extras:
+        adv = adv * batch.extras["rollout_weight"]
+    batch.extras["advantages"] = adv
+
+
 def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) -> tuple[dict, bool, str | None]:
     """Old / reference log-probs without gradient, then cfg.updates_per_batch optimizer steps on batch.
     Returns (metrics of the first update, where the batch is on-policy; whether the optimizer
     stepped; why it stopped early (a non-finite loss or gradient norm) or None)."""
     # With one update per batch the policy that sampled is the one being updated: old == current log-probs,
     # so the loss runs on-policy (ratio 1 with gradient) and the extra forward pass is skipped.
-    if row.needs_old_logp and cfg.updates_per_batch > 1:
+    if row.old_logp_from_engine:
+        batch.extras["old_logp"] = batch.extras["rollout_logp"]
+    old_logp = row.needs_old_logp and cfg.updates_per_batch > 1 and "old_logp" not in batch.extras
+    if row.selects_by_entropy:
+        scale, logp = entropy_scale(policy, batch, scale, cfg, row)
+        if old_logp:
+            batch.extras["old_logp"] = logp
+    elif old_logp:
         batch.extras["old_logp"] = policy.logprobs(policy.model, batch, cfg.micro_batch)
-    if row.kl_in_loss:
+    if row.kl_in_loss or row.pairwise:
         batch.extras["ref_logp"] = policy.logprobs(policy.ref_model, batch, cfg.micro_batch)
-    metrics = {}
+    metrics, sign = {}, batch.advantages
     for i in range(cfg.updates_per_batch):
+        if row.pairwise:
+            pair_metrics = dpo_coefficients(policy, batch, sign, scale, cfg, row)
+            if i == 0:
+                metrics.update(pair_metrics)
         optimizer.zero_grad(set_to_none=True)
         loss, loss_metrics, entropy = _backward(policy, batch, scale, cfg, row)
         if i == 0:
@@ -238,6 +317,30 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
     return metrics, True, None
 
 
+def dpo_coefficients(policy, batch: StepBatch, sign, scale, cfg: Config, row) -> dict:
+    """DPO's per-sequence coefficients for the current weights into batch.extras["advantages"] (per
+    token), from a no-grad pass of the policy: each pair's margin sums log-ratios over whole
+    sequences, which may sit in different micro-batches, so it must be known before any of their
+    losses. sign [S]: +1 chosen, -1 rejected. Returns the pair metrics (dpo_loss, ...)."""
+    logp = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    coef, metrics = pair_coefficients(logp, batch.extras["ref_logp"], batch.mask, batch.seq_index, sign, batch.group,
+                                      beta=row.dpo_beta, seqs=scale.seqs)
+    batch.extras["advantages"] = coef[batch.seq_index]
+    return metrics
+
+
+def entropy_scale(policy, batch: StepBatch, scale, cfg: Config, row):
+    """(scale with the batch's entropy cutoff, the batch's log-probs [N] f32) for rows that select tokens
+    by entropy. The top fraction is the whole batch's, so the cutoff must be known before the first
+    micro-batch's loss: it comes from one no-grad pass of the sampling weights, the pass that gives the
+    old log-probs too (so it is free when they are needed), and stays fixed over the batch's updates,
+    which then all train the same tokens. Each loss call selects by the entropy of its own fused
+    forward against this cutoff; on the first update the two entropies are the same numbers."""
+    logp, entropy = policy.logprobs(policy.model, batch, cfg.micro_batch, return_entropy=True)
+    cutoff = entropy_cutoff(entropy, batch.mask, row.entropy_top_frac)
+    return dataclasses.replace(scale, entropy_cutoff=cutoff), logp
+
+
 def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float, dict, float]:
     """The whole batch's loss gradient, one micro-batch at a time (each loss is already its share).
     Returns (loss, loss metrics over the batch, policy entropy on the first micro-batch)."""
@@ -246,8 +349,8 @@ def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float,
         hidden = policy.hidden(policy.model, mb)
         loss, metrics = fused_policy_loss(
             hidden, policy.weight(policy.model), mb.targets, mb.extras.get("old_logp"), mb.extras.get("ref_logp"),
-            mb.advantages, mb.mask, mb.seq_index, row, temperature=cfg.temperature, scale=scale,
-            backend=cfg.backend)
+            mb.extras.get("advantages", mb.advantages), mb.mask, mb.seq_index, row, temperature=cfg.temperature,
+            scale=scale, backend=cfg.backend)
         if entropy is None:
             entropy = policy.entropy(hidden, mb)
         loss.backward()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightrl.algos import ALGOS, get_algo
-from lightrl.kernels import group_advantages
+from lightrl.kernels import group_advantages, token_advantages
 
 BACKENDS = ["torch", "triton", "reference"]
 
@@ -152,3 +152,87 @@ def test_shaping_is_added_after_the_reward_map_and_filters_use_scores():
     row = get_algo("gfpo", top_k=1, top_k_by="reward_per_token", scale="none", baseline="none")
     _, keep = run_all(torch.ones(4), 4, row, lengths=lengths, shaping=torch.tensor([-0.5, 0, 0, 0]))
     assert keep.tolist() == [False, False, True, False]
+
+
+def token_formula(adv, lens, mask, kl, row):
+    """REINFORCE++'s per-token advantages from the paper's definition, one token at a time."""
+    out, t0 = [], 0
+    for s, n in enumerate(lens):
+        for t in range(t0, t0 + n):
+            rtg = sum(float(kl[i]) for i in range(t, t0 + n) if mask[i]) if row.kl_per_token else 0.0
+            out.append(float(adv[s]) - row.kl_coef * rtg if mask[t] else 0.0)
+        t0 += n
+    if row.whiten:
+        vals = [a for a, m in zip(out, mask) if m]
+        mean = sum(vals) / len(vals)
+        std = (sum((a - mean) ** 2 for a in vals) / (len(vals) - 1)) ** 0.5
+        out = [(a - mean) / (std + row.std_eps) if m else 0.0 for a, m in zip(out, mask)]
+    return torch.tensor(out)
+
+
+def test_token_advantages_hand_computed():
+    # Two sequences [2 tokens, 3 tokens], advantages [1, 0], KL per token 0.1 .. 0.5, beta 0.5.
+    row = get_algo("reinforce++", kl_coef=0.5, whiten=False)
+    seq = torch.tensor([0, 0, 1, 1, 1])
+    kl = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
+    got, returns = token_advantages(torch.tensor([1.0, 0.0]), seq, torch.ones(5, dtype=torch.bool), row, kl=kl)
+    assert torch.equal(got, returns)  # no critic: values 0
+    assert got.tolist() == pytest.approx([1 - 0.5 * 0.3, 1 - 0.5 * 0.2, -0.5 * 1.2, -0.5 * 0.9, -0.5 * 0.5])
+    # Whitened: mean 0 and unbiased std 1 (up to std_eps) over the mask tokens, 0 elsewhere.
+    mask = torch.tensor([True, False, True, True, True])
+    got, _ = token_advantages(torch.tensor([1.0, 0.0]), seq, mask, ALGOS["reinforce++"], kl=kl)
+    assert got[1] == 0 and float(got[mask].mean()) == pytest.approx(0, abs=1e-6)
+    assert float(got[mask].std()) == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["reinforce++", "reinforce++-baseline"])
+def test_token_advantages_match_formula_on_ragged_batches(name):
+    g = torch.Generator().manual_seed(3)
+    lens = [4, 0, 7, 1, 5, 3]
+    seq = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+    mask = torch.rand(seq.numel(), generator=g) > 0.25
+    kl = torch.rand(seq.numel(), generator=g)
+    adv = torch.randn(len(lens), generator=g)
+    for row in (ALGOS[name], ALGOS[name].with_overrides(whiten=False)):
+        got, _ = token_advantages(adv, seq, mask, row, kl=kl)
+        torch.testing.assert_close(got, token_formula(adv, lens, mask, kl, row), rtol=1e-5, atol=1e-6)
+    # reinforce++-baseline has its KL in the loss: advantages are the sequence's, whitened.
+    assert ALGOS["reinforce++-baseline"].kl_in_loss and not ALGOS["reinforce++"].kl_in_loss
+
+
+def test_token_advantages_errors():
+    seq = torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match="pass kl"):
+        token_advantages(torch.zeros(2), seq, torch.ones(3, dtype=torch.bool), ALGOS["reinforce++"])
+    with pytest.raises(ValueError, match="mask must be bool"):
+        token_advantages(torch.zeros(2), seq, torch.ones(3), ALGOS["reinforce++-baseline"])
+    with pytest.raises(ValueError, match="kl_per_token"):
+        get_algo("grpo", kl_per_token=True)
+
+
+def test_token_advantages_with_a_critic_match_gae_by_hand():
+    # PPO: reward on the last mask token, -beta * k1 on every mask token, GAE over the critic's values.
+    row = get_algo("ppo", gae_gamma=0.9, gae_lambda=0.8, kl_coef=0.1, whiten=False)
+    g = torch.Generator().manual_seed(7)
+    lens = [3, 0, 5, 2]
+    seq = torch.repeat_interleave(torch.arange(4), torch.tensor(lens))
+    n = seq.numel()
+    mask = torch.tensor([True, True, False, True, True, True, False, True, True, False])
+    kl, values, adv = torch.rand(n, generator=g), torch.randn(n, generator=g), torch.tensor([1.0, 0.5, 0.0, 1.0])
+    want_a, want_r = [0.0] * n, [0.0] * n
+    t0 = 0
+    for s, ln in enumerate(lens):
+        toks = [t for t in range(t0, t0 + ln) if mask[t]]
+        rewards = [-0.1 * float(kl[t]) + (float(adv[s]) if t == toks[-1] else 0.0) for t in toks]
+        vals = [float(values[t]) for t in toks] + [0.0]
+        a = 0.0
+        for j in reversed(range(len(toks))):
+            a = rewards[j] + 0.9 * vals[j + 1] - vals[j] + 0.9 * 0.8 * a
+            want_a[toks[j]], want_r[toks[j]] = a, a + vals[j]
+        t0 += ln
+    for backend in ("torch", "triton", "reference"):
+        got_a, got_r = token_advantages(adv, seq, mask, row, kl=kl, values=values, backend=backend)
+        torch.testing.assert_close(got_a, torch.tensor(want_a), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_r, torch.tensor(want_r), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pass values"):
+        token_advantages(adv, seq, mask, row, kl=kl)

@@ -6,7 +6,8 @@ import pytest
 from lightrl.algos import ALGOS, CHOICES, AlgoRow, algos_markdown, get_algo
 
 ROWS = ["raft", "raft++", "reinforce", "reinforce-rej", "reinforce-remove-all-wrong",
-        "reinforce-remove-all-correct", "grpo-mean-only", "grpo", "dr-grpo", "dapo", "gspo", "gfpo", "rloo", "cispo"]
+        "reinforce-remove-all-correct", "grpo-mean-only", "grpo", "dr-grpo", "dapo", "gspo", "gfpo", "rloo", "cispo",
+        "reinforce++", "reinforce++-baseline", "ppo", "online-dpo", "iterative-dpo", "grpo-tis"]
 
 
 def test_every_row_present_and_distinct():
@@ -31,6 +32,25 @@ def test_defining_fields():
     assert ALGOS["gfpo"].keep == "top_k" and ALGOS["gfpo"].sample_factor == 2
     assert ALGOS["rloo"].baseline == "leave_one_out"
     assert ALGOS["cispo"].clip_mode == "cispo"
+    assert ALGOS["reinforce++"].kl_per_token and ALGOS["reinforce++"].kl_estimator == "k1"
+    assert ALGOS["reinforce++"].whiten and ALGOS["reinforce++"].baseline == "none"
+    assert ALGOS["reinforce++-baseline"].whiten and ALGOS["reinforce++-baseline"].baseline == "group_mean"
+    assert not ALGOS["grpo"].token_advantages and ALGOS["reinforce++"].token_advantages
+    ppo = ALGOS["ppo"]
+    assert ppo.critic and (ppo.gae_gamma, ppo.gae_lambda, ppo.vf_clip) == (1.0, 1.0, 0.5) and ppo.whiten
+    assert ppo.kl_in_reward and ppo.kl_per_token and ppo.kl_estimator == "k1" and ppo.kl_coef == 0.001
+    with pytest.raises(ValueError, match=r"vf_clip=0.5 must be None without a critic"):
+        get_algo("grpo", vf_clip=0.5)
+    with pytest.raises(ValueError, match=r"gae_lambda=1.5 must be in \[0, 1\]"):
+        get_algo("ppo", gae_lambda=1.5)
+    assert get_algo("ppo", vf_clip="none").vf_clip is None
+    tis = ALGOS["grpo-tis"]
+    assert (tis.rollout_is, tis.rollout_is_cap) == ("token_truncate", 2.0) and tis.needs_rollout_logp
+    assert not any(ALGOS[n].needs_rollout_logp for n in ALGOS if n != "grpo-tis")
+    with pytest.raises(ValueError, match=r"rollout_is_cap=0.5 must be >= 1"):
+        get_algo("grpo-tis", rollout_is_cap=0.5)
+    with pytest.raises(ValueError, match=r"rollout_is='token_mask' must be 'none' with pairs"):
+        get_algo("online-dpo", rollout_is="token_mask").check_pairs()
 
 
 def test_overrides_parse_strings_and_keep_other_fields():
@@ -65,8 +85,8 @@ def test_validation_errors_name_field_and_allowed_values(overrides, message):
 def test_cispo_rejects_dual_clip_and_unknown_algo():
     with pytest.raises(ValueError, match="dual_clip"):
         get_algo("cispo", dual_clip=3.0)
-    with pytest.raises(ValueError, match="unknown algorithm 'ppo'; known: cispo, dapo"):
-        get_algo("ppo")
+    with pytest.raises(ValueError, match="unknown algorithm 'trpo'; known: cispo, dapo"):
+        get_algo("trpo")
 
 
 def test_enum_choices_cover_the_row_fields():

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = {"logprobs_triton._forward_kernel", "logprobs_triton._dlogits_kernel",
            "policy_loss_triton._seq_stats_kernel", "policy_loss_triton._token_kernel",
-           "advantage_triton._group_kernel"}
+           "advantage_triton._group_kernel", "gae_triton._gae_kernel"}
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,22 @@
 `formula_loss` below is written from the papers' definitions, one sequence at a time,
 with autograd for the gradients; it shares no code with lightrl.kernels.
 """
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from lightrl.algos import ALGOS, get_algo
-from lightrl.kernels import LossScale, fused_policy_loss, policy_loss
+from lightrl.kernels import LossScale, entropy_cutoff, fused_policy_loss, policy_loss
 
 BACKENDS = ["torch", "triton", "reference"]
 METRICS = ["clip_frac_low", "clip_frac_high", "ratio_mean", "ratio_max", "kl_mean", "entropy_mean", "kept_frac"]
 
 
-def formula_loss(logp, old, ref, adv, mask, seq, row, entropy=None, loss_constant=None):
-    """The loss of a row, from the definitions. logp/entropy carry autograd; adv is [S] or [N]."""
+def formula_loss(logp, old, ref, adv, mask, seq, row, entropy=None, loss_constant=None, selected=None):
+    """The loss of a row, from the definitions. logp/entropy carry autograd; adv is [S] or [N];
+    selected: the token indices whose policy-gradient term counts (None: all)."""
     n = logp.shape[0]
     num_seqs = adv.shape[0] if adv.shape[0] != n else int(seq.max()) + 1
     lo, hi = 1 - row.eps_low, 1 + row.eps_high
@@ -34,6 +36,7 @@ def formula_loss(logp, old, ref, adv, mask, seq, row, entropy=None, loss_constan
         terms = []
         for t in toks:
             a = adv[t] if adv.shape[0] == n else adv[s]
+            on = selected is None or t in selected
             if row.ratio == "none" or old is None:
                 r = torch.exp(logp[t] - logp[t].detach())
             elif row.ratio == "token":
@@ -43,17 +46,19 @@ def formula_loss(logp, old, ref, adv, mask, seq, row, entropy=None, loss_constan
             rc = torch.clamp(r, lo, hi)
             if row.clip_mode == "cispo":
                 term = -rc.detach() * a * logp[t]
-                stats["low"] += float(r < lo and a != 0)
-                stats["high"] += float(r > hi and a != 0)
+                stats["low"] += float(r < lo and a != 0 and on)
+                stats["high"] += float(r > hi and a != 0 and on)
             else:
                 obj = torch.min(r * a, rc * a)
                 if row.dual_clip is not None and a < 0:
                     obj = torch.max(obj, row.dual_clip * a)
                 term = -obj
-                stats["low"] += float(r < lo and a < 0)
-                stats["high"] += float(r > hi and a > 0)
+                stats["low"] += float(r < lo and a < 0 and on)
+                stats["high"] += float(r > hi and a > 0 and on)
+            if not on:
+                term = term * 0
             stats["ratio"].append(float(r.detach()))
-            stats["kept"] += float(a != 0)
+            stats["kept"] += float(a != 0 and on)
             if ref is not None:
                 x = torch.clamp(ref[t] - logp[t], -20, 20)  # log(pi_ref / pi)
                 k = {"k1": -x, "k2": x * x / 2, "k3": torch.exp(x) - 1 - x}
@@ -463,3 +468,69 @@ def test_fused_frozen_weight_skips_the_weight_gradient(backend, name, monkeypatc
     assert asked == [False] and weight.grad is None
     torch.testing.assert_close(loss2, loss)
     torch.testing.assert_close(h2.grad, h.grad, rtol=1e-6, atol=1e-7)
+
+
+def top_entropy_tokens(entropy, mask, frac):
+    """Indices of the ceil(frac * T) highest-entropy mask tokens (with every tie at the last one)."""
+    toks = sorted((float(entropy[t]), t) for t in range(entropy.numel()) if mask[t])
+    k = math.ceil(frac * len(toks))
+    last = toks[-k][0]
+    return {t for e, t in toks if e >= last}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", ["grpo", "cispo", "gspo"])
+def test_entropy_selected_tokens_every_backend(name):
+    logp, old, ref, adv, mask, seq, ent = make_batch(LENS, seed=4)
+    row = ALGOS[name].with_overrides(entropy_top_frac=0.3, kl_coef=0.05)
+    chosen = top_entropy_tokens(ent, mask, 0.3)
+    assert len(chosen) == math.ceil(0.3 * int(mask.sum()))
+    lp = logp.clone().requires_grad_(True)
+    want, want_m = formula_loss(lp, old, ref, adv, mask, seq, row, entropy=ent, selected=chosen)
+    want.backward()
+    for backend in BACKENDS:
+        loss, m, g, _ = run_policy(backend, row, logp, old, ref, adv, mask, seq, ent)
+        torch.testing.assert_close(loss, want.detach(), rtol=1e-5, atol=1e-6, msg=backend)
+        torch.testing.assert_close(g, lp.grad, rtol=1e-5, atol=1e-7, msg=backend)
+        assert float(m["kept_frac"]) == pytest.approx(want_m["kept_frac"], abs=1e-6)
+    # The KL term still acts on every token: unselected tokens keep a gradient.
+    off = [t for t in range(logp.numel()) if mask[t] and t not in chosen]
+    assert lp.grad[off].abs().min() > 0
+    with pytest.raises(ValueError, match="entropy_top_frac=0.3: pass entropy"):
+        policy_loss(logp, old, ref, adv, mask, seq, row)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", ["dapo", "gspo"])
+def test_fused_entropy_selection_micro_batches_sum_to_the_batch(name):
+    hidden, weight, targets, old, ref, adv, mask, seq = fused_inputs([6, 0, 9, 4, 1, 7, 5, 3], seed=2)
+    row = ALGOS[name].with_overrides(entropy_top_frac=0.2)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(hidden @ weight.t() / 0.7, -1)
+        ent = -(logprobs.exp() * logprobs).sum(-1)
+    chosen = top_entropy_tokens(ent, mask, 0.2)
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    lp = torch.log_softmax(h @ w.t() / 0.7, -1).gather(1, targets[:, None])[:, 0]
+    want, _ = formula_loss(lp, old, ref, adv, mask, seq, row, selected=chosen)
+    want.backward()
+    cutoff = entropy_cutoff(ent, mask, 0.2)
+    scale = LossScale(tokens=int(mask.sum()), seqs=int(sum(1 for s in range(8) if mask[seq == s].any())),
+                      entropy_cutoff=cutoff)
+    cuts = [(0, 3), (3, 6), (6, 8)]  # sequences per micro-batch
+    for backend in BACKENDS:
+        # The whole batch in one call picks its own cutoff.
+        loss, _, gh, gw = run_fused(backend, row, hidden, weight, targets, old, ref, adv, mask, seq)
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6, msg=f"{backend} whole")
+        torch.testing.assert_close(gh, h.grad, rtol=1e-4, atol=1e-6, msg=f"{backend} whole d hidden")
+        total, own, grads = 0.0, 0.0, torch.zeros_like(weight)
+        for a, b in cuts:
+            t = (seq >= a) & (seq < b)
+            part = [x[t] for x in (hidden, targets, old, ref)]
+            args = (part[0], weight, part[1], part[2], part[3], adv[a:b], mask[t], seq[t] - a)
+            loss_mb, _, _, gw_mb = run_fused(backend, row, *args, scale=scale)
+            total, grads = total + loss_mb, grads + gw_mb
+            own += run_fused(backend, row, *args, scale=dataclasses.replace(scale, entropy_cutoff=None))[0]
+        torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-6, msg=f"{backend} micro")
+        torch.testing.assert_close(grads, w.grad, rtol=1e-4, atol=1e-6, msg=f"{backend} micro d weight")
+        assert abs(float(own) - float(want.detach())) > 1e-4  # each micro-batch's own top 20% is another selection

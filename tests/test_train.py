@@ -264,3 +264,17 @@ def test_backend_triton_on_cuda_runs_every_op_on_the_gpu(tmp_path):
                           backend="triton"))
         rows = read_metrics(os.path.join(run, "metrics.jsonl"))
         assert [r["step"] for r in rows] == [1, 2] and all(finite_numbers(r) for r in rows)
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_entropy_selected_tokens_train(updates, warm_model, tmp_path):
+    # The policy gradient acts on the batch's top 20% of tokens by entropy (fewer where advantages are 0).
+    run = train(small(tmp_path, f"ent{updates}", algo="grpo-mean-only", model=warm_model, steps=2,
+                      updates_per_batch=updates, row={"entropy_top_frac": "0.2"}))
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert all(finite_numbers(r) and not r["skipped"] for r in rows)
+    assert all(0 < r["nonzero_adv_token_frac"] <= 0.35 and r["grad_norm"] > 0 for r in rows)
+    full = read_metrics(os.path.join(train(small(tmp_path, f"all{updates}", algo="grpo-mean-only",
+                                                     model=warm_model, steps=1, updates_per_batch=updates)),
+                                     "metrics.jsonl"))
+    assert full[0]["nonzero_adv_token_frac"] > 2 * rows[0]["nonzero_adv_token_frac"]
