@@ -351,14 +351,16 @@ def table_text(table: dict, cfg: dict) -> str:
 
 
 def _cmp(table, a, b, col):
-    """(difference of means a - b, the seed spread of that difference)."""
-    x, y = table[a][col], table[b][col]
-    return x["mean"] - y["mean"], math.hypot(x["std"], y["std"])
+    """(mean over seeds of the paired difference a - b, twice its standard error). Rows of one seed share
+    the warm start, so pairing by seed removes the warm starts' spread from the comparison."""
+    d = [x - y for x, y in zip(table[a][col]["seeds"], table[b][col]["seeds"])]
+    return _mean(d), 2 * _std(d) / math.sqrt(max(len(_finite(d)), 1))
 
 
 def findings(table: dict, cfg: dict) -> list[dict]:
-    """Each of the paper's findings: what was measured here and whether it holds (a difference counts
-    when it exceeds the seed spread of the difference, sqrt(std_a^2 + std_b^2); 'matches' when within it)."""
+    """Each of the paper's findings: what was measured here and whether it holds. A difference counts
+    when the mean of its per-seed paired differences exceeds twice their standard error (the "+-" in
+    the measured text); 'matches' when it is within that."""
     n, early, mid = cfg["steps"], cfg["eval_every"], cfg["steps"] // 2
     final, first, k = f"avg@k@{n}", f"avg@k@{early}", cfg["eval_k"]
     out = []
@@ -375,7 +377,7 @@ def findings(table: dict, cfg: dict) -> list[dict]:
             out.append({"claim": claim, "verdict": verdict, "measured": measured})
 
     def f(d, s):
-        return f"{d:+.3f} (spread {s:.3f})"
+        return f"{d:+.3f} +- {s:.3f}"
 
     def raftpp_vs_grpo():
         d0, s0 = _cmp(table, "raft++", "grpo", first)
@@ -405,7 +407,7 @@ def findings(table: dict, cfg: dict) -> list[dict]:
         gain = total > st
         from_filter = gain and wrong > sw and wrong >= 0.5 * total and correct < wrong
         verdict = ("holds" if from_filter else "does not hold at this scale" if gain
-                   else "not testable here: grpo does not beat reinforce beyond the seed spread")
+                   else "not testable here: grpo does not beat reinforce beyond twice the standard error")
         return verdict, (f"held-out avg@{k} at step {n}, gain over reinforce: grpo {f(total, st)}, "
                          f"remove-all-wrong {f(wrong, sw)}, remove-all-correct {f(correct, sc)}; "
                          f"grpo - grpo-mean-only (the std normalisation) {f(norm, sn)}")
@@ -414,11 +416,13 @@ def findings(table: dict, cfg: dict) -> list[dict]:
         d1, s1 = _cmp(table, "reinforce-rej", "grpo", final)
         dk, sk = _cmp(table, "reinforce-rej", "grpo", "kl_to_warm_start")
         dv, sv = _cmp(table, "reinforce-rej", "grpo", "volatility")
-        matches, lower_kl, stabler = abs(d1) <= max(s1, 0.02) or d1 > 0, dk < -sk, dv < 0
+        matches, lower_kl, stabler = abs(d1) <= max(s1, 0.02) or d1 > 0, dk < -sk, dv < -sv
+        per_seed = " / ".join(f"{x:.2f} vs {y:.2f}" for x, y in zip(table["reinforce-rej"]["kl_to_warm_start"]["seeds"],
+                                                                   table["grpo"]["kl_to_warm_start"]["seeds"]))
         parts = [matches, lower_kl, stabler]
         verdict = "holds" if all(parts) else "partly holds" if any(parts) else "does not hold at this scale"
         return verdict, (f"reinforce-rej - grpo: held-out avg@{k} at step {n} {f(d1, s1)}, KL to the warm start "
-                         f"{f(dk, sk)} nats/completion, reward volatility {f(dv, sv)}; matches: "
+                         f"{f(dk, sk)} nats/completion (per seed {per_seed}), reward volatility {f(dv, sv)}; matches: "
                          f"{'yes' if matches else 'no'}, lower KL: {'yes' if lower_kl else 'no'}, "
                          f"more stable: {'yes' if stabler else 'no'}")
 

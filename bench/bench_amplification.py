@@ -180,7 +180,7 @@ def main(args) -> None:
                      "final_minus_fixed_point": measured[-1] - star,
                      "prompts_below_p_ref": sum(traj[-1][i] < p_ref[i] for i in idx),
                      "beta_matching_final": beta_for(pr, measured[-1], eps)})
-    departures = departures_text(bins, beta, steps[-1])
+    departures = departures_text(bins, beta, steps)
     print("\n| p_ref bin | prompts | mean p_ref | " + " | ".join(f"p@{s}" for s in steps)
           + " | theory p* | beta with p* = final p |")
     print("|" + "---|" * (len(steps) + 5))
@@ -195,7 +195,7 @@ def main(args) -> None:
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     out = Path(args.out) if args.out else RESULTS / f"amplification-cpu-{date}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure(bins, steps, beta, out.with_suffix(".png"))
+    figure(bins, steps, beta, eps, out.with_suffix(".png"))
     result = {"bench": "amplification", "task": "arithmetic-hard", "quick": args.quick, "settings": cfg,
               "run": {k: algo_cfg[k] for k in ("prompts_per_step", "group_size", "lr", "updates_per_batch")},
               "temperature": TEMPERATURE, "beta": beta, "eps": eps, "group_size": group,
@@ -212,8 +212,9 @@ def fmt_bin(b) -> str:
     return "0" if b[1] == 0 else f"({b[0]:.2f}, {b[1]:.2f}]"
 
 
-def departures_text(bins: list[dict], beta: float, last: int) -> list[str]:
+def departures_text(bins: list[dict], beta: float, steps: list[int]) -> list[str]:
     """Where the measured run and the recursion disagree, in numbers."""
+    last = steps[-1]
     lines = []
     moving = [b for b in bins if 0 < b["p_ref_mean"] < 1]
     if moving:
@@ -229,6 +230,12 @@ def departures_text(bins: list[dict], beta: float, last: int) -> list[str]:
         if fits:
             lines.append(f"the final p would be the fixed point of a much larger beta (effective beta per bin: "
                          f"{', '.join(fits)}), i.e. far weaker amplification than beta {beta} predicts")
+    for b in bins:
+        low = min(range(1, len(steps)), key=lambda i: b["measured"][i])
+        if b["measured"][low] < b["p_ref_mean"] - 0.05:
+            lines.append(f"p_ref {fmt_bin(b['p_ref_bin'])}: p fell from {b['p_ref_mean']:.3f} to "
+                         f"{b['measured'][low]:.3f} at step {steps[low]} (the recursion only rises), then "
+                         f"{b['measured'][-1]:.3f} at step {steps[-1]}: learning other prompts first cost these")
     below = sum(b["prompts_below_p_ref"] for b in moving)
     total = sum(b["prompts"] for b in moving)
     if total:
@@ -244,8 +251,9 @@ def departures_text(bins: list[dict], beta: float, last: int) -> list[str]:
     return lines
 
 
-def figure(bins: list[dict], steps: list[int], beta: float, path: Path) -> None:
-    """Measured mean p per p_ref bin vs step, beside the recursion's iterates and fixed points."""
+def figure(bins: list[dict], steps: list[int], beta: float, eps: float, path: Path) -> None:
+    """Measured mean p per p_ref bin vs step, beside the recursion's iterates and fixed points (dotted on
+    the right: the iterates for the beta whose fixed point is the bin's final measured p)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -257,10 +265,13 @@ def figure(bins: list[dict], steps: list[int], beta: float, path: Path) -> None:
         ax.plot(steps, b["measured"], "o-", color=c, label=label)
         ax.axhline(b["theory_fixed_point"], color=c, ls=":", lw=1)
         bx.plot(range(len(b["theory_iterates"])), b["theory_iterates"], "s--", color=c, label=label)
+        if b["beta_matching_final"] is not None:
+            fit = iterates(b["p_ref_mean"], b["beta_matching_final"], eps, ITERATES)
+            bx.plot(range(len(fit)), fit, ":", color=c, lw=1.2)
     ax.set(xlabel="GRPO step", ylabel="success probability p (K samples)", ylim=(-0.02, 1.02),
            title="measured (dotted: the recursion's fixed point)")
     bx.set(xlabel="iteration n of p_n = h(p_{n-1})", ylabel="p_n", ylim=(-0.02, 1.02),
-           title=f"the recursion from each bin's mean p_ref, beta = {beta}")
+           title=f"recursion from each bin's p_ref: beta {beta} (dashed), fitted (dotted)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
