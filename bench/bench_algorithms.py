@@ -437,27 +437,37 @@ def findings(table: dict, cfg: dict) -> list[dict]:
 
 
 def figure(results: dict, path: Path) -> None:
-    """Reward and entropy vs step (WINDOW-step moving average), mean over seeds, band = min..max."""
+    """Reward and entropy vs step (WINDOW-step moving average), mean over seeds, band = min..max; and the
+    reward minus grpo's of the same seed (the paired difference the findings judge), band = min..max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     colors = plt.get_cmap("tab20").colors
+
+    def smooth(run, key):
+        return [window(run["curves"][key], s) for s in range(1, len(run["curves"][key]) + 1)]
+
+    base = [smooth(r, "reward_mean") for r in results["grpo"]] if "grpo" in results else None
     for i, (algo, runs) in enumerate(results.items()):
-        for ax, key in zip(axes, ("reward_mean", "entropy")):
-            smooth = [[window(r["curves"][key], s) for s in range(1, len(r["curves"][key]) + 1)] for r in runs]
-            steps = range(1, len(smooth[0]) + 1)
-            cols = list(zip(*smooth))
+        series = [[smooth(r, "reward_mean") for r in runs], [smooth(r, "entropy") for r in runs]]
+        if base is not None:
+            series.append([[x - y for x, y in zip(a, b)] for a, b in zip(series[0], base)])
+        for ax, curves in zip(axes, series):
+            cols = list(zip(*curves))
+            steps = range(1, len(cols) + 1)
             style = "--" if algo in CONTEXT_ROWS else "-"
             ax.plot(steps, [_mean(c) for c in cols], style, color=colors[i % 20], label=algo, lw=1.4)
-            ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=colors[i % 20], alpha=0.12)
+            ax.fill_between(steps, [min(_finite(c), default=math.nan) for c in cols],
+                            [max(_finite(c), default=math.nan) for c in cols], color=colors[i % 20], alpha=0.06)
     axes[0].set(xlabel="step", ylabel=f"reward ({WINDOW}-step mean)", title="training reward")
     axes[1].set(xlabel="step", ylabel=f"token entropy ({WINDOW}-step mean)", title="policy entropy")
+    axes[2].set(xlabel="step", ylabel="reward - grpo's reward, same seed", title="paired with grpo")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"arithmetic-hard, tiny model: mean over {len(next(iter(results.values())))} seeds, "
-                 "band = min..max")
+                 "band = min..max over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
