@@ -11,9 +11,10 @@ Summing over the correct completions (mass p_ref under pi_ref) and the wrong one
         = 1 / (1 + ((1 - p_ref) / p_ref) exp(-(w+ + w-) / beta)),   and w+ + w- = 1 / sigma(p_{n-1}),
 
 so p_n = h(p_{n-1}) with h(p) = 1 / (1 + ((1 - p_ref)/p_ref) exp(-1 / (beta sigma(p)))): the
-issue's recursion, which we agree with (it is the paper's Theorem, with its eps). Two consequences
-used below: h(p) > p_ref for every p when p_ref is in (0, 1), so the fixed point p* = h(p*) lies
-above p_ref (amplification); and p_ref = 0 stays 0 (no success, no signal). For beta = 0.04 (the
+issue's recursion, which we agree with: it is the paper's for KL to a fixed pi_ref (also in the
+author's post, ymroueh.me/post/post_2). Two consequences used below: h(p) > p_ref for every p when
+p_ref is in (0, 1), so the fixed point p* = h(p*) lies above p_ref (amplification); and p_ref = 0
+stays 0 (no success, no signal). For beta = 0.04 (the
 grpo row's kl_coef) 1 / (beta sigma) >= 50, so p* is 1 to many digits for any p_ref above ~1e-20
 and the recursion gets there in one or two iterations.
 
