@@ -501,7 +501,9 @@ def main(args) -> None:
               "warm_start": {"steps": cfg["warm_steps"], "lr": WARM_LR}, "temperature": TEMPERATURE,
               "max_new_tokens": MAX_NEW_TOKENS, "not_run": {r: "not in lightrl.algos yet" for r in missing},
               "paper_averages": PAPER_AVERAGES, "calibration": calib, "table": table, "findings": judged,
-              "runs": results, "wall_s": time.time() - t0, "cpu_count": os.cpu_count(),
+              "runs": results, "this_invocation_wall_s": time.time() - t0,
+              "runs_wall_s_sum": sum(r["wall_s"] for runs in results.values() for r in runs),
+              "cpu_count": os.cpu_count(),
               "load_avg": os.getloadavg()}
     out.write_text(json.dumps(result) + "\n")
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
