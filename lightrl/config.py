@@ -34,7 +34,8 @@ class Config:
     model: str = _opt("tiny", "local model directory or Hugging Face id (org/name); "
                               "'tiny' = the built-in random tiny Llama with a character tokenizer")
     data: str = _opt("arithmetic", "training prompts: a .jsonl/.parquet file, or built-in "
-                                   "'arithmetic' (the tiny model's task), 'gsm8k', 'math500'")
+                                   "'arithmetic' (the tiny model's task), 'arithmetic-hard' (its harder task, "
+                                   "two-digit sums), 'gsm8k', 'math500'")
     question_field: str = _opt("", "field holding the question ('' = first of question/problem/prompt)")
     answer_field: str = _opt("", "field holding the gold answer ('' = first of answer/final_answer/solution)")
     reward: tuple = _opt(("math",), "reward term, repeatable: 'math' (answer vs the gold answer), 'code' "
@@ -77,7 +78,7 @@ class Config:
     max_bad_steps: int = _opt(3, "stop after this many consecutive steps skipped for NaN/inf loss or reward")
     # evaluation
     eval_data: str = _opt("arithmetic-test", "held-out prompts ('' = none): file or built-in "
-                                             "'arithmetic-test', 'gsm8k-test', 'math500'")
+                                             "'arithmetic-test', 'arithmetic-hard-test', 'gsm8k-test', 'math500'")
     eval_every: int = _opt(20, "evaluate every N steps (and at the end; 0 = only at the end)")
     eval_k: int = _opt(1, "samples per eval question; reports avg@k accuracy")
     eval_temperature: float = _opt(0.0, "0 = greedy")
@@ -122,7 +123,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-BUILTIN_DATA = ("arithmetic", "arithmetic-test", "gsm8k", "gsm8k-test", "math500")
+BUILTIN_DATA = ("arithmetic", "arithmetic-test", "arithmetic-hard", "arithmetic-hard-test", "gsm8k", "gsm8k-test",
+                "math500")
 
 
 def validate(cfg: Config) -> AlgoRow:

@@ -2,8 +2,8 @@
 or (question, tests) rows for the code reward.
 
 Built-in sets ship inside the package (lightrl/data/, licenses in lightrl/data/SOURCES.md):
-gsm8k (train), gsm8k-test, math500; 'arithmetic' / 'arithmetic-test' are generated
-for the tiny model (lightrl.tiny).
+gsm8k (train), gsm8k-test, math500; 'arithmetic' / 'arithmetic-test' (one-digit sums) and
+'arithmetic-hard' / 'arithmetic-hard-test' (two-digit sums) are generated for the tiny model (lightrl.tiny).
 """
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def load_rows(spec: str, question_field: str = "", answer_field: str = "", *, sk
         # The test split draws from another seed: fresh samples of the same generator.
         return arithmetic_problems(ARITHMETIC_ROWS if spec == "arithmetic" else 1000,
                                    seed=seed + (0 if spec == "arithmetic" else 10_000)), 0
+    if spec in ("arithmetic-hard", "arithmetic-hard-test"):
+        from lightrl.tiny import hard_arithmetic_problems
+        return hard_arithmetic_problems(ARITHMETIC_ROWS if spec == "arithmetic-hard" else 1000,
+                                        seed=seed + (0 if spec == "arithmetic-hard" else 10_000)), 0
     path = os.path.join(HERE, FILES[spec]) if spec in FILES else spec
     if path.endswith(".parquet"):
         records = _parquet_records(path)

@@ -2,7 +2,9 @@
 
 Everything here is built locally with random weights, so `python -m lightrl.run`
 works on a CPU with nothing downloaded. The task is small integer arithmetic whose
-answers the math verifier checks, written as `\\boxed{N}`.
+answers the math verifier checks, written as `\\boxed{N}`: 'arithmetic' (one-digit sums, a
+formatting lesson for RL) or 'arithmetic-hard' (two-digit sums taught by a teacher who forgets
+carries, a lesson in arithmetic that separates the RL algorithms).
 """
 import random
 
@@ -61,6 +63,49 @@ def arithmetic_problems(n: int, seed: int, max_operand: int = 10) -> list[dict]:
     return rows
 
 
+# The arithmetic-hard teacher drops each carry with this probability. Calibrated (README, "The harder
+# task") for a warm start of 2000 steps at lr 2e-3: greedy held-out accuracy 0.25-0.33 over seeds 0-2,
+# most of it on the 30% of sums without a carry; 0.6 gave 0.39.
+CARRY_SLIP = 0.7
+
+
+def hard_arithmetic_problems(n: int, seed: int) -> list[dict]:
+    """`n` problems `a+b=` with 0 <= a, b < 100 and their answers, as data rows; "carry_slip" tells the
+    warm start to imitate the carry-forgetting teacher (carry_slip_demonstration) on them."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randrange(100), rng.randrange(100)
+        rows.append({"question": f"{a}+{b}=", "answer": str(a + b), "carry_slip": CARRY_SLIP})
+    return rows
+
+
+def carries(a: int, b: int) -> int:
+    """How many carries the written sum a + b needs (0, 1 or 2 for two-digit a, b)."""
+    count, carry = 0, 0
+    while a or b:
+        carry = int(a % 10 + b % 10 + carry >= 10)
+        count += carry
+        a, b = a // 10, b // 10
+    return count
+
+
+def carry_slip_demonstration(row: dict, rng: random.Random) -> str:
+    """A teacher who adds column by column and forgets each carry with probability row["carry_slip"].
+
+    A sum with k carries comes out right with probability (1 - slip)^k: 1, 0.3 and 0.09 for two-digit
+    sums at slip 0.7. Imitation learns the slips; RL has to learn when to carry.
+    """
+    terms = [int(x) for x in row["question"].rstrip("=").split("+")]
+    total, place, carry = 0, 1, 0
+    while any(terms) or carry:
+        column = sum(t % 10 for t in terms) + carry
+        total += (column % 10 if any(terms) else column) * place
+        carry = column // 10 if rng.random() >= row["carry_slip"] else 0
+        terms, place = [t // 10 for t in terms], place * 10
+    return f"{BOXED}{total}}}"
+
+
 def demonstration(row: dict) -> str:
     """The completion the warm start imitates."""
     return f"{BOXED}{row['answer']}}}"
@@ -76,9 +121,17 @@ def imperfect_demonstration(row: dict, rng: random.Random, correct_frac: float) 
     return text if rng.random() < correct_frac else text[:-1]
 
 
+def teacher(row: dict, rng: random.Random, correct_frac: float) -> str:
+    """The warm start's demonstration of a row: the carry-forgetting teacher for arithmetic-hard rows,
+    else the box-forgetting one."""
+    if "carry_slip" in row:
+        return carry_slip_demonstration(row, rng)
+    return imperfect_demonstration(row, rng, correct_frac)
+
+
 def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, seed: int, batch_size: int = 64,
                correct_frac: float = 0.2, progress: bool = True) -> None:
-    """Supervised steps on imperfect demonstrations: -mean log-prob of completion tokens.
+    """Supervised steps on imperfect demonstrations (teacher): -mean log-prob of completion tokens.
 
     Log-probs come from lightrl.kernels.linear_logprobs on the completion positions' hidden
     states, like the RL loss, so no logits tensor is built here either.
@@ -96,7 +149,7 @@ def warm_start(model, tokenizer, rows: list[dict], *, steps: int, lr: float, see
     for _ in tqdm(range(steps), desc="warm start", leave=False, disable=not progress):
         batch = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
         seqs = [(tokenizer(r["question"])["input_ids"],
-                 tokenizer(imperfect_demonstration(r, rng, correct_frac))["input_ids"] + [tokenizer.eos_token_id])
+                 tokenizer(teacher(r, rng, correct_frac))["input_ids"] + [tokenizer.eos_token_id])
                 for r in batch]
         width = max(len(p) + len(c) for p, c in seqs)
         ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
