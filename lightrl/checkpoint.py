@@ -96,20 +96,22 @@ def latest(run_dir: str) -> str | None:
     return find(run_dir) if os.path.exists(os.path.join(run_dir, "checkpoints", "latest")) else None
 
 
-def weights_finite(model) -> bool:
+def weights_finite(tensors) -> bool:
     import torch
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return all(bool(torch.isfinite(p).all()) for p in tensors)
 
 
-def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True) -> str | None:
+def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True,
+         weights: dict | None = None) -> str | None:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`. Returns its path.
 
     finite=False (the step's reward, loss or gradient was non-finite) or non-finite weights: nothing
     is written, the previous checkpoints stay, and None is returned. A failed write (disk full,
     read-only file system) removes the partial directory and raises RunStopped naming the step,
-    the path, the OS error and the checkpoint that is still intact.
+    the path, the OS error and the checkpoint that is still intact. weights: the whole state dict to
+    write when the model itself holds only a shard (torchrun; lightrl.dist.full_state_dict).
     """
-    if not (finite and weights_finite(model)):
+    if not (finite and weights_finite(model.parameters() if weights is None else weights.values())):
         what = "its update was non-finite" if not finite else "the weights hold NaN/inf"
         print(f"lightrl: step {step}: no checkpoint saved ({what}); the last good one stays "
               f"{latest(run_dir) or '(none yet)'}")
@@ -124,7 +126,7 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
         for stale in os.listdir(root):
             if stale.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, os.path.join(tmp, STATE))
         _write_manifest(tmp)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightrl import dist
 from lightrl.config import Config
 from lightrl.data import prompt_text
 from lightrl.kernels import linear_logprobs
@@ -56,22 +57,25 @@ class Policy:
     def weight(self, net) -> torch.Tensor:
         """net's lm_head weight [V, D] in the hidden states' dtype (a differentiable cast under autocast)."""
         w = net.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
+        if hasattr(w, "full_tensor"):
+            raise RuntimeError("Policy.weight: the lm_head is still sharded; call Policy.hidden first (a sharded "
+                               "model's root forward gathers it and keeps it gathered for the loss)")
         return w if self.amp_dtype is None else w.to(self.amp_dtype)
 
     def hidden(self, net, mb) -> torch.Tensor:
         """Final (post-norm) hidden states [n, D] of net at the positions that predict mb's completion tokens."""
         device_type = mb.ids.device.type
         with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = net.get_decoder()(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False)
+            out = _decoder_output(net, mb)
         hidden = out.last_hidden_state[mb.seq_index, mb.cols]
         return hidden if self.amp_dtype is None else hidden.to(self.amp_dtype)  # the final norm may return fp32
 
     @torch.no_grad()
     def logprobs(self, net, batch, micro_batch: int) -> torch.Tensor:
         """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference)."""
-        return torch.cat([linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets,
-                                          temperature=self.temperature, backend=self.backend)
-                          for mb in batch.micro(micro_batch)])
+        out = [(linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets, temperature=self.temperature,
+                                backend=self.backend), real) for mb, real in dist.micro(batch, micro_batch)]
+        return torch.cat([torch.zeros(0, device=batch.ids.device)] + [lp for lp, real in out if real])
 
     @torch.no_grad()
     def sequence_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
@@ -86,6 +90,22 @@ class Policy:
         _, ent = linear_logprobs(hidden.detach(), self.weight(self.model).detach(), mb.targets,
                                  temperature=self.temperature, return_entropy=True, backend=self.backend)
         return ent[mb.mask].mean().item() if mb.mask.any() else 0.0
+
+
+def _decoder_output(net, mb):
+    """The decoder's output (last_hidden_state post-norm) for mb. A sharded model is called through its
+    root, whose FSDP hooks gather the embeddings and lm_head and keep them gathered for the loss;
+    logits_to_keep=[] leaves its logits empty."""
+    if not dist.is_sharded(net):
+        return net.get_decoder()(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False)
+    box = []
+    hook = net.get_decoder().register_forward_hook(lambda _mod, _args, out: box.append(out))
+    try:
+        net(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False,
+            logits_to_keep=torch.zeros(0, dtype=torch.long, device=mb.ids.device))
+    finally:
+        hook.remove()
+    return box[0]
 
 
 def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict], device, amp_dtype) -> Policy:
@@ -181,8 +201,10 @@ def _load_weights(cfg: Config, run_dir: str, ckpt: str | None, data_rows: list[d
             model = tiny.build_model(tokenizer, seed=cfg.seed).to(device)
             tiny.warm_start(model, tokenizer, data_rows, steps=cfg.warm_start_steps, lr=cfg.warm_start_lr,
                             seed=cfg.seed, progress=show_bars(cfg.progress))
-            model.save_pretrained(init_path)
-            tokenizer.save_pretrained(init_path)
+            if dist.is_main():  # every rank warm-starts alike; one writes
+                model.save_pretrained(init_path)
+                tokenizer.save_pretrained(init_path)
+            dist.barrier()
             return tokenizer, model, init_path
     else:
         init_path = cfg.model

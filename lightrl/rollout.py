@@ -28,8 +28,12 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
-        """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat."""
+                 max_new_tokens: int, seed: int, first_seq: int | None = None,
+                 desc: str = "rollout") -> list[list[int]]:
+        """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat.
+        first_seq: None seeds the call once; an int (under torchrun) seeds each chunk of batch_size
+        sequences by its index in the whole step, first_seq being this call's first, so that which
+        rank samples a chunk does not change its samples."""
         from transformers import GenerationConfig
         flat = [p for p in prompts for _ in range(n)]
         pad = self.tokenizer.pad_token_id
@@ -50,14 +54,18 @@ class HFEngine:
         self.model.generation_config = gen_cfg
         for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
             chunk = flat[start:start + self.batch_size]
+            if first_seq is not None:
+                torch.manual_seed(chunk_seed(seed, first_seq + start))
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attn = torch.zeros((len(chunk), width), dtype=torch.long)
             for i, p in enumerate(chunk):
                 ids[i, width - len(p):] = torch.tensor(p)
                 attn[i, width - len(p):] = 1
+            # synced_gpus=False: transformers would otherwise keep FSDP ranks stepping together, but under
+            # torchrun each rank generates on its own gathered copy (lightrl.dist.unsharded).
             gen = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                      generation_config=gen_cfg)
+                                      generation_config=gen_cfg, synced_gpus=False)
             for row in gen[:, width:].tolist():
                 out.append(cut_at_stop(row, self.stop_ids))
         self.model.generation_config = saved
@@ -72,6 +80,12 @@ class HFEngine:
 
     def wake(self) -> None:
         pass
+
+
+def chunk_seed(seed: int, first_seq: int) -> int:
+    """A seed for the sequences from first_seq on, unrelated to every other (seed, first_seq)."""
+    import numpy as np
+    return int(np.random.SeedSequence([seed, first_seq]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
@@ -106,12 +120,15 @@ class VLLMEngine:
         self.asleep = False
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, desc: str = "rollout") -> list[list[int]]:
+                 max_new_tokens: int, seed: int, first_seq: int | None = None,
+                 desc: str = "rollout") -> list[list[int]]:
+        """As HFEngine.generate; first_seq (torchrun) gives each rank's call its own seed."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         self.wake()
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, top_k=-1,
-                                repetition_penalty=1.0, max_tokens=max_new_tokens, seed=seed,
+                                repetition_penalty=1.0, max_tokens=max_new_tokens,
+                                seed=seed if first_seq is None else chunk_seed(seed, first_seq),
                                 stop_token_ids=self.stop_ids)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [cut_at_stop(list(c.token_ids), self.stop_ids) for o in outputs for c in o.outputs]
