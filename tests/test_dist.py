@@ -1,8 +1,10 @@
 """torchrun: N processes (gloo on CPU, FSDP2) train like one process with the same global batch."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -114,3 +116,39 @@ def test_resume_with_two_processes_is_exact_and_one_process_loads_it(warm_model,
                            timeout=300)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert [r["step"] for r in read_metrics(str(tmp_path / "part" / "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+            for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+
+
+def _environ(pid: int) -> dict:
+    return dict(kv.split("=", 1) for kv in open(f"/proc/{pid}/environ").read().split("\0") if "=" in kv)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds the ranks through Linux /proc")
+def test_a_killed_rank_stops_the_job_naming_it(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "lightrl.run", "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path), "--run-name", "k",
+           "--steps", "500", "--warm-start-steps", "20", "--prompts-per-step", "4", "--group-size", "4",
+           "--micro-batch", "4", "--eval-data", ""]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "k" / "metrics.jsonl"
+    try:
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+            time.sleep(0.2)  # training has begun: both ranks are in the step loop
+        assert job.poll() is None, job.stderr.read()[-3000:]
+        victim = next(c for c in _children(job.pid) if _environ(c).get("RANK") == "1")
+        killed = time.time()
+        os.kill(victim, signal.SIGKILL)
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0 and time.time() - killed < 60
+    # torchrun's summary names the rank that died first and how.
+    root_cause = err[err.index("Root Cause"):]
+    assert "rank      : 1 (local_rank: 1)" in root_cause and "SIGKILL" in root_cause
