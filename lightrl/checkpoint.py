@@ -4,7 +4,8 @@ Layout of a run directory:
     checkpoints/step_000050/   model.safetensors + config.json + tokenizer files (save_pretrained:
                                AutoModelForCausalLM.from_pretrained and vLLM load it), trainer_state.pt
                                (optimizer, scheduler, RNG states, data order, counters), manifest.json
-                               (size and SHA-256 of every other file)
+                               (size and SHA-256 of every other file); under torchrun the optimizer
+                               state is in optimizer/ instead (torch.distributed.checkpoint shards)
     checkpoints/latest         the name of the newest complete checkpoint, written last
 
 A checkpoint is written into checkpoints/.tmp-step_N, its manifest added, every file
@@ -101,8 +102,13 @@ def weights_finite(tensors) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in tensors)
 
 
+def staging_dir(run_dir: str, step: int) -> str:
+    """Where checkpoint `step` is written before it is renamed to its final name."""
+    return os.path.join(run_dir, "checkpoints", f".tmp-step_{step:06d}")
+
+
 def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True,
-         weights: dict | None = None) -> str | None:
+         weights: dict | None = None, extra=None) -> str | None:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`. Returns its path.
 
     finite=False (the step's reward, loss or gradient was non-finite) or non-finite weights: nothing
@@ -110,6 +116,8 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
     read-only file system) removes the partial directory and raises RunStopped naming the step,
     the path, the OS error and the checkpoint that is still intact. weights: the whole state dict to
     write when the model itself holds only a shard (torchrun; lightrl.dist.full_state_dict).
+    extra(path): writes more of the checkpoint into its staging directory before the manifest
+    (torchrun: every rank's optimizer shard).
     """
     if not (finite and weights_finite(model.parameters() if weights is None else weights.values())):
         what = "its update was non-finite" if not finite else "the weights hold NaN/inf"
@@ -119,7 +127,7 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
     import torch
     root = os.path.join(run_dir, "checkpoints")
     name = f"step_{step:06d}"
-    tmp, final = os.path.join(root, ".tmp-" + name), os.path.join(root, name)
+    tmp, final = staging_dir(run_dir, step), os.path.join(root, name)
     pointer = os.path.join(root, ".latest.tmp")
     try:
         os.makedirs(root, exist_ok=True)
@@ -129,6 +137,8 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
         model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, os.path.join(tmp, STATE))
+        if extra is not None:
+            extra(tmp)
         _write_manifest(tmp)
         _fsync_tree(tmp)
         if os.path.exists(final):  # re-saving a step after a resume

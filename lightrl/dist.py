@@ -42,6 +42,8 @@ MAXIMA = {"completion_len_max", "peak_mem_gb", "step_time", "rollout_time", "upd
 PER_SAMPLE = {"reward_mean", "accuracy"}  # and every reward_<term> mean
 PER_SEQUENCE = {"completion_len_mean", "truncated_frac", "empty_frac", "kept_frac"}
 
+OPTIMIZER_SHARDS = "optimizer"  # a checkpoint's torch.distributed.checkpoint directory (torchrun)
+
 _device = torch.device("cpu")
 
 
@@ -179,22 +181,49 @@ def full_state_dict(net) -> dict:
     return {k: v for k, v in state.items() if k not in tied}
 
 
-def full_optimizer_state(net, optimizer) -> dict:
-    """The optimizer's whole state dict on rank 0 ({} on the others); collective."""
-    if not active():
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                             cpu_offload=True))
+def save_checkpoint(run_dir: str, step: int, net, tokenizer, state: dict, optimizer, keep: int,
+                    finite: bool) -> None:
+    """checkpoint.save under torchrun; collective. Rank 0 writes the whole model (+ config, tokenizer)
+    and trainer_state.pt (state less its "optimizer"); every rank writes its optimizer shard into
+    optimizer/ with torch.distributed.checkpoint, inside the staging directory, so the checkpoint
+    still appears whole or not at all."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    from lightrl import checkpoint
+    weights = full_state_dict(net)
+    finite = all_true(finite and checkpoint.weights_finite(p.to_local() for p in net.parameters()))
+    shards = {"optimizer": get_optimizer_state_dict(net, optimizer)}
+
+    def write_shards(path: str) -> None:
+        barrier()  # rank 0 has made the staging directory (and removed stale ones)
+        dcp.save(shards, checkpoint_id=os.path.join(path, OPTIMIZER_SHARDS))
+
+    state = {k: v for k, v in state.items() if k != "optimizer"}
+    if is_main():
+        checkpoint.save(run_dir, step, net, tokenizer, state, keep, finite=finite, weights=weights,
+                        extra=write_shards if finite else None)
+    elif finite:
+        write_shards(checkpoint.staging_dir(run_dir, step))
+    barrier()
 
 
-def load_optimizer_state(net, optimizer, state: dict) -> None:
-    """Load a whole optimizer state dict (from full_optimizer_state) into this rank's shards."""
-    if not active():
-        optimizer.load_state_dict(state)
+def load_optimizer_state(net, optimizer, ckpt: str, state: dict) -> None:
+    """The optimizer state of checkpoint ckpt: its optimizer/ shards (saved under torchrun; they load
+    with any number of processes, or none), else trainer_state.pt's (state, saved by one process)."""
+    shards = os.path.join(ckpt, OPTIMIZER_SHARDS)
+    if not os.path.isdir(shards) and not active():
+        optimizer.load_state_dict(state["optimizer"])
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(net, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+    if not os.path.isdir(shards):
+        set_optimizer_state_dict(net, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        return
+    loaded = {"optimizer": get_optimizer_state_dict(net, optimizer)}
+    dcp.load(loaded, checkpoint_id=shards)
+    set_optimizer_state_dict(net, optimizer, loaded["optimizer"])
 
 
 # ---- the step's share of prompts ---------------------------------------------------------------

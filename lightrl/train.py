@@ -67,7 +67,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
     start_step, bad_in_a_row = 0, 0
     if ckpt:
         state = checkpoint.load_state(ckpt)
-        dist.load_optimizer_state(policy.model, optimizer, state["optimizer"])
+        dist.load_optimizer_state(policy.model, optimizer, ckpt, state)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
@@ -149,15 +149,15 @@ def train(cfg: Config, start: Start | None = None) -> str:
             raise RunStopped(f"stopping: {bad_in_a_row} consecutive steps had non-finite rewards or losses "
                                f"(last: {skip_reason}); the last good checkpoint is in {run_dir}/checkpoints")
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
-            state = {"step": done, "bad_in_a_row": bad_in_a_row,
-                     "optimizer": dist.full_optimizer_state(policy.model, optimizer),
+            state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
-            weights = dist.full_state_dict(policy.model) if dist.active() else None  # None: the model's own
-            if dist.is_main():
+            if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
+                dist.save_checkpoint(run_dir, done, policy.model, policy.tokenizer, state, optimizer,
+                                     cfg.keep_checkpoints, finite=not nonfinite)
+            else:
                 checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                                finite=not nonfinite, weights=weights)
-            dist.barrier()
+                                finite=not nonfinite)
     bar.close()
     if log is not None:
         log.close()  # draws curves.png and logs the summary

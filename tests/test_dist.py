@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lightrl import dist
@@ -104,10 +105,15 @@ def test_resume_with_two_processes_is_exact_and_one_process_loads_it(warm_model,
     full, part = (read_metrics(str(tmp_path / n / "metrics.jsonl")) for n in ("full", "part"))
     assert [r["loss"] for r in part] == [r["loss"] for r in full]
     ckpt = tmp_path / "part" / "checkpoints" / "step_000003"
+    # The optimizer state is in torch.distributed.checkpoint shards, one file per rank, under the manifest.
+    assert sorted(p.name for p in (ckpt / "optimizer").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert "optimizer/.metadata" in json.loads((ckpt / "manifest.json").read_text())["files"]
+    assert "optimizer" not in torch.load(ckpt / "trainer_state.pt", weights_only=False)
     w_full = load_file(str(tmp_path / "full" / "checkpoints" / "step_000003" / "model.safetensors"))
     w_part = load_file(str(ckpt / "model.safetensors"))
     assert all(bool((w_full[k] == w_part[k]).all()) for k in w_full)
-    # The checkpoint is a plain transformers model, and a run without torchrun continues it.
+    # The checkpoint is a plain transformers model, and a run without torchrun continues it
+    # (the shards load into one process's optimizer).
     from transformers import AutoModelForCausalLM
     loaded = AutoModelForCausalLM.from_pretrained(str(ckpt)).state_dict()
     assert all(bool((loaded[k] == w_part[k]).all()) for k in w_part)
