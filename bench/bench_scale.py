@@ -39,7 +39,8 @@ def _run(n: int, args, out_dir: str) -> dict:
            "--eval-data", "", "--warm-start-steps", "100", "--steps", str(args.steps), "--save-every", "0",
            "--prompts-per-step", str(args.prompts_per_step), "--group-size", str(args.group_size),
            "--micro-batch", str(args.micro_batch)]
-    done = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     if done.returncode != 0:
         raise RuntimeError(f"torchrun with {n} processes failed:\n{done.stderr[-2000:]}")
     with open(os.path.join(out_dir, "r", "metrics.jsonl")) as f:

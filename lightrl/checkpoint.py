@@ -234,12 +234,13 @@ def verify(ckpt: str, checksums: bool = True) -> None:
             if os.path.getsize(path) != want["bytes"] or _sha256(path) != want["sha256"]:
                 raise UserError(f"{path} does not match its checksum in {MANIFEST} (corrupt or changed); "
                                 f"resume an older checkpoint{ignore}")
-    for name in ("config.json", "tokenizer_config.json"):
+    config = "adapter_config.json" if os.path.isfile(os.path.join(ckpt, "adapter_config.json")) else "config.json"
+    for name in (config, "tokenizer_config.json"):  # a LoRA checkpoint holds the adapters' config
         if not os.path.isfile(os.path.join(ckpt, name)):
             raise UserError(f"{os.path.join(ckpt, name)} is missing; resume an older checkpoint")
     if not any(os.path.isfile(os.path.join(ckpt, n)) for n in TOKENIZER_FILES):
         raise UserError(f"{ckpt}: no tokenizer file ({', '.join(TOKENIZER_FILES)}); resume an older checkpoint")
-    weights = sorted(n for n in os.listdir(ckpt) if n.endswith(".safetensors"))
+    weights = sorted(n for n in os.listdir(ckpt) if n.endswith(".safetensors"))  # model or adapter_model
     if not weights:
         raise UserError(f"{ckpt}: no *.safetensors weights; resume an older checkpoint")
     for name in weights:

@@ -88,8 +88,11 @@ def close() -> None:
         tdist.destroy_process_group()
 
 
-def check_batch(prompts_per_step: int) -> None:
-    """Refuse a step that cannot split into whole groups, the same number on every rank."""
+def check(prompts_per_step: int, lora_r: int) -> None:
+    """Refuse a step that cannot split into whole groups, the same number on every rank, and LoRA."""
+    if active() and lora_r:
+        raise UserError("--lora-r under torchrun is not supported yet (the adapters are not sharded); "
+                        "run LoRA in one process")
     if active() and prompts_per_step % world():
         raise UserError(f"--prompts-per-step {prompts_per_step} does not split over {world()} processes; "
                          f"pass a multiple of {world()} (each rank samples whole groups)")

@@ -13,6 +13,7 @@ import torch
 from lightrl import dist
 from lightrl.config import Config
 from lightrl.data import prompt_text
+from lightrl.errors import UserError
 from lightrl.kernels import linear_logprobs
 from lightrl.kernels.policy_loss_torch import kl_terms
 from lightrl.logs import logger, show_bars
@@ -113,13 +114,18 @@ def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict]
     copy when row.needs_ref. ckpt: the checkpoint being resumed (None for a new run)."""
     tokenizer, model, init_path = _load_weights(cfg, run_dir, ckpt, data_rows, device)
     check_plain_lm_head(model, cfg.model)
+    stop_ids = _stop_ids(tokenizer, model)
     if device.type == "cuda" and cfg.liger:
         _apply_liger(model)
+    if cfg.lora_r:
+        model = with_lora(model, cfg, ckpt)
     model.train()  # from_pretrained returns eval mode; gradient checkpointing only acts in train mode
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     ref_model = None
-    if row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
+    if row.needs_ref and cfg.lora_r:  # the base itself: adapters switched off, no second copy
+        ref_model = AdaptersOff(model)
+    elif row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
         ref_model = _from_pretrained(init_path, device) if ckpt else copy.deepcopy(model)
         ref_model.requires_grad_(False).eval()
         if amp_dtype is not None:  # only ever run under autocast: half-precision storage is enough
@@ -127,8 +133,52 @@ def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict]
     instruction = "" if cfg.model == "tiny" else cfg.instruction
     return Policy(tokenizer=tokenizer, model=model, ref_model=ref_model, init_path=init_path,
                   encode=_prompt_encoder(tokenizer, instruction, cfg.max_prompt_tokens),
-                  stop_ids=_stop_ids(tokenizer, model), amp_dtype=amp_dtype, temperature=cfg.temperature,
+                  stop_ids=stop_ids, amp_dtype=amp_dtype, temperature=cfg.temperature,
                   backend=cfg.backend)
+
+
+def with_lora(model, cfg: Config, ckpt: str | None):
+    """model (the base, fp32) frozen, with trainable peft LoRA adapters on cfg.lora_targets: new ones,
+    or ckpt's when resuming. The lm_head (and a tied embedding) stays frozen."""
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise UserError("--lora-r needs peft: pip install 'lightrl[lora]'") from None
+    if ckpt:
+        return PeftModel.from_pretrained(model, ckpt, is_trainable=True)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = sorted(set(cfg.lora_targets) - names)
+    if missing:
+        raise UserError(f"--lora-targets {', '.join(missing)}: no such linear module in {cfg.model}; it has "
+                        f"{', '.join(sorted(names))}")
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_targets)))
+
+
+class AdaptersOff:
+    """The reference policy of a LoRA run: the policy's own modules with its adapters disabled for
+    each forward (what Policy.hidden / Policy.weight ask of a model)."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def get_output_embeddings(self):
+        return self.peft_model.get_output_embeddings()
+
+    def get_decoder(self):
+        decoder = self.peft_model.get_decoder()
+
+        def forward(**kw):
+            with self.peft_model.disable_adapter():
+                return decoder(**kw)
+        return forward
+
+
+def save_merged(policy, path: str) -> None:
+    """The LoRA policy merged into its base (a plain transformers model) and the tokenizer, in path."""
+    merged = copy.deepcopy(policy.model).merge_and_unload()
+    merged.save_pretrained(path, safe_serialization=True)
+    policy.tokenizer.save_pretrained(path)
 
 
 def rollout_engine(cfg: Config, policy: Policy, engine_name: str, resumed: bool):
@@ -208,7 +258,7 @@ def _load_weights(cfg: Config, run_dir: str, ckpt: str | None, data_rows: list[d
             return tokenizer, model, init_path
     else:
         init_path = cfg.model
-    source = ckpt or init_path
+    source = ckpt if ckpt and not cfg.lora_r else init_path  # a LoRA checkpoint holds adapters only
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

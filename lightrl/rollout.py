@@ -50,8 +50,9 @@ class HFEngine:
         self.model.eval()
         # CPU generator state is global in transformers' sampling; seed it per call for exact resumes.
         torch.manual_seed(seed)
-        out, saved = [], self.model.generation_config
-        self.model.generation_config = gen_cfg
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft: LoRA
+        out, saved = [], base.generation_config
+        base.generation_config = gen_cfg
         for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
             chunk = flat[start:start + self.batch_size]
             if first_seq is not None:
@@ -68,7 +69,7 @@ class HFEngine:
                                       generation_config=gen_cfg, synced_gpus=False)
             for row in gen[:, width:].tolist():
                 out.append(cut_at_stop(row, self.stop_ids))
-        self.model.generation_config = saved
+        base.generation_config = saved
         self.model.train(was_training)
         return out
 

@@ -47,7 +47,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
     device, engine_name, amp_dtype = model.setup(cfg)
     if dist.launched():  # torchrun: join the other ranks (lightrl.dist); rank 0's run directory is everyone's
         device = dist.init(device)
-        dist.check_batch(cfg.prompts_per_step)
+        dist.check(cfg.prompts_per_step, cfg.lora_r)
         run_dir = dist.broadcast(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     if dist.is_main():
@@ -61,7 +61,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
     policy = model.load(cfg, row, run_dir, ckpt, data_rows, device, amp_dtype)
     if dist.active():
         dist.shard_policy(policy)
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in policy.model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     sampler = PromptSampler(len(data_rows), cfg.seed)
     start_step, bad_in_a_row = 0, 0
@@ -156,8 +157,11 @@ def train(cfg: Config, start: Start | None = None) -> str:
                 dist.save_checkpoint(run_dir, done, policy.model, policy.tokenizer, state, optimizer,
                                      cfg.keep_checkpoints, finite=not nonfinite)
             else:
+                merged = None
+                if cfg.merge_on_save:  # LoRA: base + adapters as one plain model, beside the adapters
+                    merged = lambda path: model.save_merged(policy, os.path.join(path, "merged"))  # noqa: E731
                 checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                                finite=not nonfinite)
+                                finite=not nonfinite, extra=merged)
     bar.close()
     if log is not None:
         log.close()  # draws curves.png and logs the summary
