@@ -4,7 +4,8 @@ Layout of a run directory:
     checkpoints/step_000050/   model.safetensors + config.json + tokenizer files (save_pretrained:
                                AutoModelForCausalLM.from_pretrained and vLLM load it), trainer_state.pt
                                (optimizer, scheduler, RNG states, data order, counters), manifest.json
-                               (size and SHA-256 of every other file)
+                               (size and SHA-256 of every other file); under torchrun the optimizer
+                               state is in optimizer/ instead (torch.distributed.checkpoint shards)
     checkpoints/latest         the name of the newest complete checkpoint, written last
 
 A checkpoint is written into checkpoints/.tmp-step_N, its manifest added, every file
@@ -96,24 +97,30 @@ def latest(run_dir: str) -> str | None:
     return find(run_dir) if os.path.exists(os.path.join(run_dir, "checkpoints", "latest")) else None
 
 
-def weights_finite(model) -> bool:
+def weights_finite(tensors) -> bool:
     import torch
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return all(bool(torch.isfinite(p).all()) for p in tensors)
+
+
+def staging_dir(run_dir: str, step: int) -> str:
+    """Where checkpoint `step` is written before it is renamed to its final name."""
+    return os.path.join(run_dir, "checkpoints", f".tmp-step_{step:06d}")
 
 
 def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: int, finite: bool = True,
-         extra=()) -> str | None:
+         weights: dict | None = None, extra=()) -> str | None:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`. Returns its path.
-
-    extra: functions of the checkpoint directory that write more files into it before the manifest
-    (a critic's, a refreshed reference's), so they are verified and renamed with the rest.
 
     finite=False (the step's reward, loss or gradient was non-finite) or non-finite weights: nothing
     is written, the previous checkpoints stay, and None is returned. A failed write (disk full,
     read-only file system) removes the partial directory and raises RunStopped naming the step,
-    the path, the OS error and the checkpoint that is still intact.
+    the path, the OS error and the checkpoint that is still intact. weights: the whole state dict to
+    write when the model itself holds only a shard (torchrun; lightrl.dist.full_state_dict).
+    extra: functions of the staging directory that write more of the checkpoint into it before the
+    manifest (a critic's, a refreshed reference's, a merged LoRA model, torchrun's optimizer shards),
+    so they are verified and renamed with the rest.
     """
-    if not (finite and weights_finite(model)):
+    if not (finite and weights_finite(model.parameters() if weights is None else weights.values())):
         what = "its update was non-finite" if not finite else "the weights hold NaN/inf"
         print(f"lightrl: step {step}: no checkpoint saved ({what}); the last good one stays "
               f"{latest(run_dir) or '(none yet)'}")
@@ -121,14 +128,14 @@ def save(run_dir: str, step: int, model, tokenizer, trainer_state: dict, keep: i
     import torch
     root = os.path.join(run_dir, "checkpoints")
     name = f"step_{step:06d}"
-    tmp, final = os.path.join(root, ".tmp-" + name), os.path.join(root, name)
+    tmp, final = staging_dir(run_dir, step), os.path.join(root, name)
     pointer = os.path.join(root, ".latest.tmp")
     try:
         os.makedirs(root, exist_ok=True)
         for stale in os.listdir(root):
             if stale.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, os.path.join(tmp, STATE))
         for write in extra:
@@ -228,12 +235,13 @@ def verify(ckpt: str, checksums: bool = True) -> None:
             if os.path.getsize(path) != want["bytes"] or _sha256(path) != want["sha256"]:
                 raise UserError(f"{path} does not match its checksum in {MANIFEST} (corrupt or changed); "
                                 f"resume an older checkpoint{ignore}")
-    for name in ("config.json", "tokenizer_config.json"):
+    config = "adapter_config.json" if os.path.isfile(os.path.join(ckpt, "adapter_config.json")) else "config.json"
+    for name in (config, "tokenizer_config.json"):  # a LoRA checkpoint holds the adapters' config
         if not os.path.isfile(os.path.join(ckpt, name)):
             raise UserError(f"{os.path.join(ckpt, name)} is missing; resume an older checkpoint")
     if not any(os.path.isfile(os.path.join(ckpt, n)) for n in TOKENIZER_FILES):
         raise UserError(f"{ckpt}: no tokenizer file ({', '.join(TOKENIZER_FILES)}); resume an older checkpoint")
-    weights = sorted(n for n in os.listdir(ckpt) if n.endswith(".safetensors"))
+    weights = sorted(n for n in os.listdir(ckpt) if n.endswith(".safetensors"))  # model or adapter_model
     if not weights:
         raise UserError(f"{ckpt}: no *.safetensors weights; resume an older checkpoint")
     for name in weights:

@@ -76,6 +76,16 @@ class Config:
     micro_batch: int = _opt(64, "sequences per forward/backward (gradient accumulation above it)")
     format_weight: float = _opt(0.0, "weight of the \\boxed{} format reward added to the correctness reward")
     max_bad_steps: int = _opt(3, "stop after this many consecutive steps skipped for NaN/inf loss or reward")
+    # LoRA (pip install lightrl[lora])
+    lora_r: int = _opt(0, "LoRA rank: train low-rank adapters (peft) on a frozen base instead of every weight "
+                          "(0 = full fine-tuning)")
+    lora_alpha: float = _opt(16.0, "LoRA: the adapters' update is scaled by alpha / r")
+    lora_dropout: float = _opt(0.0, "LoRA: dropout on the adapters' inputs")
+    lora_targets: tuple = _opt(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                               "LoRA: names of the linear modules that get adapters, repeatable "
+                               "(default: attention and MLP projections)")
+    merge_on_save: bool = _opt(False, "LoRA: also write the merged model (base + adapters) into each "
+                                      "checkpoint's merged/ (transformers and vLLM load it)")
     # evaluation
     eval_data: str = _opt("arithmetic-test", "held-out prompts ('' = none): file or built-in "
                                              "'arithmetic-test', 'arithmetic-hard-test', 'gsm8k-test', 'math500'")
@@ -114,6 +124,7 @@ class Config:
             self.row = {}
         # One term may come as a string (Python, a TOML/YAML file); config.json holds a list.
         self.reward = (self.reward,) if isinstance(self.reward, str) else tuple(self.reward)
+        self.lora_targets = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
 
     def algo_row(self) -> AlgoRow:
         """The algorithm row with this config's overrides applied (validated)."""
@@ -155,12 +166,17 @@ def validate(cfg: Config) -> AlgoRow:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
     for name in ["warmup_steps", "critic_warmup_steps", "eval_every", "save_every", "warm_start_steps", "eval_limit",
-                 "eval_max_new_tokens", "threads", "max_refills"]:
+                 "eval_max_new_tokens", "threads", "max_refills", "lora_r"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_refills >= ROLLOUT_SEEDS_PER_STEP:
         raise ValueError(f"--max-refills must be < {ROLLOUT_SEEDS_PER_STEP} (each step draws its rollout seeds from "
                          f"a block of {ROLLOUT_SEEDS_PER_STEP}, one per round), got {cfg.max_refills}")
+    if cfg.lora_r and not (cfg.lora_alpha > 0 and 0 <= cfg.lora_dropout < 1 and cfg.lora_targets):
+        raise ValueError(f"--lora-r {cfg.lora_r}: needs --lora-alpha > 0 (got {cfg.lora_alpha}), --lora-dropout in "
+                         f"[0, 1) (got {cfg.lora_dropout}) and at least one --lora-targets")
+    if cfg.merge_on_save and not cfg.lora_r:
+        raise ValueError("--merge-on-save merges LoRA adapters; it needs --lora-r > 0")
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be > 0, got {cfg.lr}")
     if not cfg.critic_lr > 0:

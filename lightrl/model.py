@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightrl import dist
 from lightrl.config import Config
 from lightrl.data import prompt_text
 from lightrl.errors import UserError
@@ -59,26 +60,33 @@ class Policy:
     def weight(self, net) -> torch.Tensor:
         """net's lm_head weight [V, D] in the hidden states' dtype (a differentiable cast under autocast)."""
         w = net.get_output_embeddings().weight  # tied models: the same Parameter as the input embedding
+        if hasattr(w, "full_tensor"):
+            raise RuntimeError("Policy.weight: the lm_head is still sharded; call Policy.hidden first (a sharded "
+                               "model's root forward gathers it and keeps it gathered for the loss)")
         return w if self.amp_dtype is None else w.to(self.amp_dtype)
 
     def hidden(self, net, mb) -> torch.Tensor:
         """Final (post-norm) hidden states [n, D] of net at the positions that predict mb's completion tokens."""
         device_type = mb.ids.device.type
         with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = net.get_decoder()(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False)
+            out = _decoder_output(net, mb)
         hidden = out.last_hidden_state[mb.seq_index, mb.cols]
         return hidden if self.amp_dtype is None else hidden.to(self.amp_dtype)  # the final norm may return fp32
 
     @torch.no_grad()
     def logprobs(self, net, batch, micro_batch: int, return_entropy: bool = False):
         """Log-probs [N] f32 of every completion token of a StepBatch under net (policy or reference);
-        with return_entropy, (log-probs, entropies [N] f32) from the same pass."""
-        outs = [linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets, temperature=self.temperature,
-                                return_entropy=return_entropy, backend=self.backend)
-                for mb in batch.micro(micro_batch)]
-        if return_entropy:
-            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-        return torch.cat(outs)
+        with return_entropy, (log-probs, entropies [N] f32) from the same pass. Under torchrun the
+        filler micro-batches that keep FSDP ranks in step (lightrl.dist.micro) run but are left out."""
+        outs = []
+        for mb, real in dist.micro(batch, micro_batch):
+            out = linear_logprobs(self.hidden(net, mb), self.weight(net), mb.targets, temperature=self.temperature,
+                                  return_entropy=return_entropy, backend=self.backend)
+            if real:
+                outs.append(out if return_entropy else (out,))
+        empty = torch.zeros(0, device=batch.ids.device)
+        logp = torch.cat([empty] + [o[0] for o in outs])
+        return (logp, torch.cat([empty] + [o[1] for o in outs])) if return_entropy else logp
 
     @torch.no_grad()
     def token_kl(self, batch, micro_batch: int, estimator: str) -> torch.Tensor:
@@ -107,18 +115,42 @@ class Policy:
         return ent[mb.mask].mean().item() if mb.mask.any() else 0.0
 
 
+def _decoder_output(net, mb):
+    """The decoder's output (last_hidden_state post-norm) for mb. A sharded model is called through its
+    root, whose FSDP hooks gather the embeddings and lm_head and keep them gathered for the loss;
+    logits_to_keep=[] leaves its logits empty."""
+    if not dist.is_sharded(net):
+        return net.get_decoder()(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False)
+    box = []
+    hook = net.get_decoder().register_forward_hook(lambda _mod, _args, out: box.append(out))
+    try:
+        net(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False,
+            logits_to_keep=torch.zeros(0, dtype=torch.long, device=mb.ids.device))
+    finally:
+        hook.remove()
+    return box[0]
+
+
 def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict], device, amp_dtype) -> Policy:
     """The policy in fp32 on device, in train mode, checked and patched as cfg asks; with a reference
     copy when row.needs_ref. ckpt: the checkpoint being resumed (None for a new run)."""
     tokenizer, model, init_path = _load_weights(cfg, run_dir, ckpt, data_rows, device)
     check_plain_lm_head(model, cfg.model)
+    stop_ids = _stop_ids(tokenizer, model)
     if device.type == "cuda" and cfg.liger:
         _apply_liger(model)
+    if cfg.lora_r:
+        model = with_lora(model, cfg, ckpt)
     model.train()  # from_pretrained returns eval mode; gradient checkpointing only acts in train mode
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     ref_model = None
-    if row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
+    if row.needs_ref and cfg.lora_r:  # the base itself: adapters switched off, no second copy
+        if row.ref_refresh:
+            raise UserError("--lora-r with a row that refreshes its reference (iterative-dpo) is not supported: "
+                            "the reference is the base model itself; run that row without LoRA")
+        ref_model = AdaptersOff(model)
+    elif row.needs_ref:  # the frozen starting policy (after the tiny model's warm start)
         ref_model = _from_pretrained(_reference_path(ckpt, row, init_path), device) if ckpt else copy.deepcopy(model)
         ref_model.requires_grad_(False).eval()
         if amp_dtype is not None:  # only ever run under autocast: half-precision storage is enough
@@ -126,8 +158,52 @@ def load(cfg: Config, row, run_dir: str, ckpt: str | None, data_rows: list[dict]
     instruction = "" if cfg.model == "tiny" else cfg.instruction
     return Policy(tokenizer=tokenizer, model=model, ref_model=ref_model, init_path=init_path,
                   encode=_prompt_encoder(tokenizer, instruction, cfg.max_prompt_tokens),
-                  stop_ids=_stop_ids(tokenizer, model), amp_dtype=amp_dtype, temperature=cfg.temperature,
+                  stop_ids=stop_ids, amp_dtype=amp_dtype, temperature=cfg.temperature,
                   backend=cfg.backend)
+
+
+def with_lora(model, cfg: Config, ckpt: str | None):
+    """model (the base, fp32) frozen, with trainable peft LoRA adapters on cfg.lora_targets: new ones,
+    or ckpt's when resuming. The lm_head (and a tied embedding) stays frozen."""
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise UserError("--lora-r needs peft: pip install 'lightrl[lora]'") from None
+    if ckpt:
+        return PeftModel.from_pretrained(model, ckpt, is_trainable=True)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = sorted(set(cfg.lora_targets) - names)
+    if missing:
+        raise UserError(f"--lora-targets {', '.join(missing)}: no such linear module in {cfg.model}; it has "
+                        f"{', '.join(sorted(names))}")
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_targets)))
+
+
+class AdaptersOff:
+    """The reference policy of a LoRA run: the policy's own modules with its adapters disabled for
+    each forward (what Policy.hidden / Policy.weight ask of a model)."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def get_output_embeddings(self):
+        return self.peft_model.get_output_embeddings()
+
+    def get_decoder(self):
+        decoder = self.peft_model.get_decoder()
+
+        def forward(**kw):
+            with self.peft_model.disable_adapter():
+                return decoder(**kw)
+        return forward
+
+
+def save_merged(policy, path: str) -> None:
+    """The LoRA policy merged into its base (a plain transformers model) and the tokenizer, in path."""
+    merged = copy.deepcopy(policy.model).merge_and_unload()
+    merged.save_pretrained(path, safe_serialization=True)
+    policy.tokenizer.save_pretrained(path)
 
 
 def rollout_engine(cfg: Config, policy: Policy, engine_name: str, resumed: bool, logprobs: bool = False):
@@ -214,12 +290,14 @@ def _load_weights(cfg: Config, run_dir: str, ckpt: str | None, data_rows: list[d
             model = tiny.build_model(tokenizer, seed=cfg.seed).to(device)
             tiny.warm_start(model, tokenizer, data_rows, steps=cfg.warm_start_steps, lr=cfg.warm_start_lr,
                             seed=cfg.seed, progress=show_bars(cfg.progress))
-            model.save_pretrained(init_path)
-            tokenizer.save_pretrained(init_path)
+            if dist.is_main():  # every rank warm-starts alike; one writes
+                model.save_pretrained(init_path)
+                tokenizer.save_pretrained(init_path)
+            dist.barrier()
             return tokenizer, model, init_path
     else:
         init_path = cfg.model
-    source = ckpt or init_path
+    source = ckpt if ckpt and not cfg.lora_r else init_path  # a LoRA checkpoint holds adapters only
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

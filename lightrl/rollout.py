@@ -28,8 +28,12 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, desc: str = "rollout", return_logprobs: bool = False):
+                 max_new_tokens: int, seed: int, first_seq: int | None = None, desc: str = "rollout",
+                 return_logprobs: bool = False):
         """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat.
+        first_seq: None seeds the call once; an int (under torchrun) seeds each chunk of batch_size
+        sequences by its index in the whole step, first_seq being this call's first, so that which
+        rank samples a chunk does not change its samples.
         return_logprobs: also the sampling log-prob of every completion token (a list of floats per
         completion), from the scores after the same processors the sampler used (temperature, top-p)."""
         from transformers import GenerationConfig
@@ -48,19 +52,24 @@ class HFEngine:
         self.model.eval()
         # CPU generator state is global in transformers' sampling; seed it per call for exact resumes.
         torch.manual_seed(seed)
-        out, logprobs, saved = [], [], self.model.generation_config
-        self.model.generation_config = gen_cfg
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft: LoRA
+        out, logprobs, saved = [], [], base.generation_config
+        base.generation_config = gen_cfg
         for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
             chunk = flat[start:start + self.batch_size]
+            if first_seq is not None:
+                torch.manual_seed(chunk_seed(seed, first_seq + start))
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attn = torch.zeros((len(chunk), width), dtype=torch.long)
             for i, p in enumerate(chunk):
                 ids[i, width - len(p):] = torch.tensor(p)
                 attn[i, width - len(p):] = 1
+            # synced_gpus=False: transformers would otherwise keep FSDP ranks stepping together, but under
+            # torchrun each rank generates on its own gathered copy (lightrl.dist.unsharded).
             gen = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                      generation_config=gen_cfg, output_scores=return_logprobs,
-                                      return_dict_in_generate=return_logprobs)
+                                      generation_config=gen_cfg, synced_gpus=False,
+                                      output_scores=return_logprobs, return_dict_in_generate=return_logprobs)
             new = (gen.sequences if return_logprobs else gen)[:, width:]
             for row in new.tolist():
                 out.append(cut_at_stop(row, self.stop_ids))
@@ -69,7 +78,7 @@ class HFEngine:
                 lp = torch.stack([torch.log_softmax(s.float(), -1) for s in gen.scores], 1)
                 lp = lp.gather(2, new[:, :lp.shape[1], None]).squeeze(2).tolist()
                 logprobs += [row[:len(c)] for row, c in zip(lp, out[-len(lp):])]
-        self.model.generation_config = saved
+        base.generation_config = saved
         self.model.train(was_training)
         return (out, logprobs) if return_logprobs else out
 
@@ -81,6 +90,12 @@ class HFEngine:
 
     def wake(self) -> None:
         pass
+
+
+def chunk_seed(seed: int, first_seq: int) -> int:
+    """A seed for the sequences from first_seq on, unrelated to every other (seed, first_seq)."""
+    import numpy as np
+    return int(np.random.SeedSequence([seed, first_seq]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
@@ -117,13 +132,16 @@ class VLLMEngine:
         self.asleep = False
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, desc: str = "rollout", return_logprobs: bool = False):
-        """As HFEngine.generate; return_logprobs needs the engine built with logprobs=True."""
+                 max_new_tokens: int, seed: int, first_seq: int | None = None, desc: str = "rollout",
+                 return_logprobs: bool = False):
+        """As HFEngine.generate; first_seq (torchrun) gives each rank's call its own seed;
+        return_logprobs needs the engine built with logprobs=True."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         self.wake()
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, top_k=-1,
-                                repetition_penalty=1.0, max_tokens=max_new_tokens, seed=seed,
+                                repetition_penalty=1.0, max_tokens=max_new_tokens,
+                                seed=seed if first_seq is None else chunk_seed(seed, first_seq),
                                 stop_token_ids=self.stop_ids, logprobs=0 if return_logprobs else None)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         comps = [cut_at_stop(list(c.token_ids), self.stop_ids) for o in outputs for c in o.outputs]

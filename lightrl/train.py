@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lightrl.critic
-from lightrl import checkpoint, model
+from lightrl import checkpoint, dist, model
 from lightrl.batch import StepBatch
 from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
 from lightrl.data import PromptSampler
@@ -61,8 +61,13 @@ def train(cfg: Config, start: Start | None = None) -> str:
     row, ckpt, run_dir = start.row, start.ckpt, start.run_dir
     data_rows, eval_data_rows, bad_rows = start.rows, start.eval_rows, start.bad_rows
     device, engine_name, amp_dtype = model.setup(cfg)
+    if dist.launched():  # torchrun: join the other ranks (lightrl.dist); rank 0's run directory is everyone's
+        device = dist.init(device)
+        dist.check(cfg.prompts_per_step, cfg.lora_r, row)
+        run_dir = dist.broadcast(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    save_config(cfg, os.path.join(run_dir, "config.json"))
+    if dist.is_main():
+        save_config(cfg, os.path.join(run_dir, "config.json"))
     logger.info(f"run directory {os.path.abspath(run_dir)} (algo {cfg.algo}, engine {engine_name}, {device})")
     if bad_rows:
         logger.warning(f"skipped {bad_rows} bad data rows (--skip-bad-rows)")
@@ -71,13 +76,16 @@ def train(cfg: Config, start: Start | None = None) -> str:
     torch.manual_seed(cfg.seed)
     policy = model.load(cfg, row, run_dir, ckpt, data_rows, device, amp_dtype)
     critic = lightrl.critic.load(cfg, policy, ckpt, device) if row.critic else None
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if dist.active():
+        dist.shard_policy(policy)
+    trainable = [p for p in policy.model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     sampler = PromptSampler(len(data_rows), cfg.seed)
     start_step, bad_in_a_row = 0, 0
     if ckpt:
         state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_optimizer_state(policy.model, optimizer, ckpt, state)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
@@ -85,12 +93,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
         logger.info(f"resumed from {ckpt} at step {start_step}")
     engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None,
                                   logprobs=row.needs_rollout_logp)
-    log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started)
+    log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started) if dist.is_main() else None
     loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), desc="steps", initial=start_step, total=cfg.steps,
-               disable=not progress)
+               disable=not (progress and dist.is_main()))
     for step in bar:
         t_step = time.time()
         model.reset_peak_memory(device)
@@ -99,12 +107,13 @@ def train(cfg: Config, start: Start | None = None) -> str:
         m = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "bad_rows": bad_rows}
 
         # 1. rollout + 2. reward
-        batch, rollout_metrics = rollout(engine, policy, sampler, data_rows, step, cfg, row)
+        with dist.unsharded(policy.model):
+            batch, rollout_metrics = rollout(engine, policy, sampler, data_rows, step, cfg, row)
         m.update(rollout_metrics)
         t_rollout = time.time() - t_step
 
         # 3. advantages over the final batch; only kept sequences go on to the update.
-        nonfinite = not bool(torch.isfinite(batch.scores + batch.shaping).all())
+        nonfinite = dist.any_true(not bool(torch.isfinite(batch.scores + batch.shaping).all()))
         skip_reason = "non-finite reward" if nonfinite else None
         shaping, reward_kl_mean = batch.shaping, None
         if row.kl_in_reward and skip_reason is None:
@@ -115,16 +124,16 @@ def train(cfg: Config, start: Start | None = None) -> str:
                 kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
                 shaping = shaping - row.kl_coef * kl
             # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
-            reward_kl_mean = kl.sum().item() / max(int(batch.mask.sum()), 1)
+            reward_kl_mean = dist.total(kl.sum().item()) / max(dist.total(int(batch.mask.sum())), 1)
         batch.advantages, batch.keep = group_advantages(batch.scores, batch.group, row, lengths=batch.lengths,
                                                         shaping=shaping, backend=cfg.backend)
         m["kept_frac"] = batch.keep.float().mean().item() if batch.num_seqs else 0.0
-        if skip_reason is None and not batch.keep.any():
+        if skip_reason is None and not dist.any_true(bool(batch.keep.any())):
             skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
         kept = batch.select(batch.keep)
         if row.rollout_is != "none" and skip_reason is None:
             m.update(rollout_correction(policy, kept, cfg, row))
-        scale = kept.loss_scale(loss_constant)
+        scale = dist.loss_scale(kept.loss_scale(loss_constant))  # the whole batch's, over every rank
         if skip_reason is None and not scale.tokens:
             skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
         if skip_reason is None and (row.token_advantages or row.rollout_is != "none"):
@@ -156,12 +165,16 @@ def train(cfg: Config, start: Start | None = None) -> str:
         # 5. log, evaluate, checkpoint.
         done = step + 1
         m.update(step_time=t_end - t_step, rollout_time=t_rollout, update_time=t_end - t_update,
-                 tokens_per_s=(sum(batch.comp_lens) + scale.tokens * cfg.updates_per_batch) / max(t_end - t_step, 1e-9),
+                 tokens_per_s=(sum(batch.comp_lens) + int(kept.mask.sum()) * cfg.updates_per_batch)
+                 / max(t_end - t_step, 1e-9),
                  peak_mem_gb=model.peak_memory_gb(device), verifier_timeouts=get_stats()["n_timeouts"],
                  **reward_stats())
         if eval_data_rows and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            m.update(evaluate(engine, policy, eval_data_rows, done, cfg))
-        log.write(m)
+            with dist.unsharded(policy.model):
+                m.update(evaluate(engine, policy, eval_data_rows, done, cfg))
+        m = dist.step_metrics(m, samples=rollout_metrics["samples"], seqs=batch.num_seqs)
+        if log is not None:
+            log.write(m)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.3f}")
         if bad_in_a_row >= cfg.max_bad_steps:
             raise RunStopped(f"stopping: {bad_in_a_row} consecutive steps had non-finite rewards or losses "
@@ -170,29 +183,39 @@ def train(cfg: Config, start: Start | None = None) -> str:
             state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
-            writers = [critic.save] if critic is not None else []
-            writers += [policy.save_reference] if row.ref_refresh else []
-            checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                            finite=not nonfinite, **({"extra": writers} if writers else {}))
+            if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
+                dist.save_checkpoint(run_dir, done, policy.model, policy.tokenizer, state, optimizer,
+                                     cfg.keep_checkpoints, finite=not nonfinite)
+            else:
+                writers = [critic.save] if critic is not None else []
+                writers += [policy.save_reference] if row.ref_refresh else []
+                if cfg.merge_on_save:  # LoRA: base + adapters as one plain model, beside the adapters
+                    writers.append(lambda path: model.save_merged(policy, os.path.join(path, "merged")))
+                checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
+                                finite=not nonfinite, extra=writers)
     bar.close()
-    log.close()  # draws curves.png and logs the summary
+    if log is not None:
+        log.close()  # draws curves.png and logs the summary
+    dist.close()
     return run_dir
 
 
 def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> tuple[StepBatch, dict]:
     """Groups of group_size * sample_factor scored completions for prompts_per_step prompts; refill
     rows draw more prompts, round by round, until that many groups keep a sequence (at most
-    max_refills more rounds). Returns (the step's batch, rollout metrics; rewards over every sample,
+    max_refills more rounds). Under torchrun "prompts" are this rank's share and every rank joins every
+    round (lightrl.dist.take). Returns (the step's batch, rollout metrics; rewards over every sample,
     refills the rounds drawn after the first)."""
-    group_n = cfg.group_size * row.sample_factor
+    group_n, target = cfg.group_size * row.sample_factor, dist.local_prompts(cfg.prompts_per_step)
     groups, sampled, refills, rewards, all_scores = [], 0, 0, [], []
     while True:
-        idx = sampler.take(cfg.prompts_per_step - len(groups) if row.refill and groups else cfg.prompts_per_step)
+        idx, first = dist.take(sampler, target - len(groups))  # first: this rank's first group in the round
         prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
         want = {"return_logprobs": True} if row.needs_rollout_logp else {}
         comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills, **want)
+                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills,
+                                first_seq=None if first is None else first * group_n, **want)
         comps, logprobs = comps if want else (comps, None)
         scores, shaping = _rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
                                    cfg, row)
@@ -209,8 +232,8 @@ def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> 
         _, keep = group_advantages(f32(scores), group_n, row, shaping=f32(shaping), backend=cfg.backend,
                                    lengths=torch.tensor([len(c) for c in comps], device=policy.model.device))
         groups += [grp for grp, k in zip(new, keep.view(-1, group_n).any(1).tolist()) if k]
-        if len(groups) >= cfg.prompts_per_step or refills == cfg.max_refills:
-            groups = groups[:cfg.prompts_per_step]
+        if dist.all_true(len(groups) >= target) or refills == cfg.max_refills:
+            groups = groups[:target]
             break
         refills += 1
     comps = [c for grp in groups for c in grp[1]]
@@ -306,8 +329,8 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
         loss, loss_metrics, entropy = _backward(policy, batch, scale, cfg, row)
         if i == 0:
             metrics.update(entropy=entropy, **loss_metrics)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(),
-                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = dist.full(torch.nn.utils.clip_grad_norm_(policy.model.parameters(),
+                                                             cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
         if not (math.isfinite(loss) and torch.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)  # weights and optimizer state stay untouched
             return metrics, i > 0, f"non-finite loss ({loss}) or gradient norm ({grad_norm.item()})"
@@ -345,8 +368,12 @@ def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float,
     """The whole batch's loss gradient, one micro-batch at a time (each loss is already its share).
     Returns (loss, loss metrics over the batch, policy entropy on the first micro-batch)."""
     loss_total, calls, entropy = 0.0, [], None
-    for mb in tqdm(batch.micro(cfg.micro_batch), desc="update", leave=False, disable=not show_bars(cfg.progress)):
+    for mb, real in tqdm(dist.micro(batch, cfg.micro_batch), desc="update", leave=False,
+                         disable=not show_bars(cfg.progress)):
         hidden = policy.hidden(policy.model, mb)
+        if not real:  # this rank has fewer micro-batches than another: a zero gradient keeps FSDP in step
+            (hidden.sum() * 0 + policy.weight(policy.model).sum() * 0).backward()
+            continue
         loss, metrics = fused_policy_loss(
             hidden, policy.weight(policy.model), mb.targets, mb.extras.get("old_logp"), mb.extras.get("ref_logp"),
             mb.extras.get("advantages", mb.advantages), mb.mask, mb.seq_index, row, temperature=cfg.temperature,
@@ -356,18 +383,24 @@ def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float,
         loss.backward()
         loss_total += loss.item()
         calls.append((metrics, mb.tokens))
+    if dist.active():  # the whole batch's loss and metrics; entropy: the mean of the ranks' first micro-batches
+        return (dist.total(loss_total), dist.loss_metrics(merge_metrics(calls), sum(t for _, t in calls)),
+                dist.total(entropy or 0.0) / dist.world())
     return loss_total, merge_metrics(calls), entropy
 
 
 def evaluate(engine, policy, eval_data_rows: list[dict], step: int, cfg: Config) -> dict:
     """avg@k accuracy on the held-out data rows."""
     t0 = time.time()
-    comps = engine.generate([policy.encode(r["question"]) for r in eval_data_rows], cfg.eval_k,
+    rows, first = dist.shard_rows(eval_data_rows)  # under torchrun, each rank evaluates its part
+    comps = engine.generate([policy.encode(r["question"]) for r in rows], cfg.eval_k,
                             temperature=cfg.eval_temperature, top_p=1.0, seed=cfg.seed + 7919 * (step + 1),
-                            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, desc="eval")
+                            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+                            first_seq=None if first is None else first * cfg.eval_k,
+                            desc="eval")
     texts = policy.tokenizer.batch_decode(comps, skip_special_tokens=True)
-    scores = verifier_scores(texts, [r for r in eval_data_rows for _ in range(cfg.eval_k)], cfg.reward)
-    return {"eval_accuracy": sum(scores) / len(scores), "eval_time": time.time() - t0}
+    scores = verifier_scores(texts, [r for r in rows for _ in range(cfg.eval_k)], cfg.reward)
+    return {"eval_accuracy": dist.total(sum(scores)) / dist.total(len(scores)), "eval_time": time.time() - t0}
 
 
 def _mean(xs) -> float:

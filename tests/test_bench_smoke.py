@@ -68,3 +68,14 @@ def test_bench_gpu_dry_run(tmp_path):
         assert rows["limit"]["x_limit"] == 1.0 and rows["lightrl"]["median_ms"] > 0
         assert rows["lightrl_torch"]["note"] == "n/a (needs CUDA)"
         assert parts[f"{bench}-tiny"]["x_limit"]["lightrl"] == rows["lightrl"]["x_limit"]
+def test_bench_scale_tiny(tmp_path):
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "-m", "bench", "scale", "--procs", "1,2", "--steps", "2", "--prompts-per-step", "4",
+           "--group-size", "4", "--micro-batch", "8", "--lora-r", "4", "--out", str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "update eff" in run.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["setup"] for r in runs] == ["torchrun x1", "torchrun x2", "plain full", "plain lora r=4"]
+    assert runs[0]["update_efficiency"] == 1.0 and runs[2]["update_efficiency"] is None
+    assert all(r["tokens_per_s"] > 0 and r["peak_mem_gb_per_process"] > 0 for r in runs)

@@ -154,9 +154,9 @@ def test_nan_reward_skips_the_optimizer_step(warm_model, tmp_path, monkeypatch):
     # What each save call is handed (the non-finite step 2 writes no checkpoint, so it is captured here).
     real_save, handed = lightrl.checkpoint.save, {}
 
-    def save(run_dir, step, model, tokenizer, state, keep, finite=True):
+    def save(run_dir, step, model, tokenizer, state, keep, finite=True, **kw):
         handed[step] = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(state["optimizer"]))
-        return real_save(run_dir, step, model, tokenizer, state, keep, finite=finite)
+        return real_save(run_dir, step, model, tokenizer, state, keep, finite=finite, **kw)
     monkeypatch.setattr(lightrl.checkpoint, "save", save)
     run = train(small(tmp_path, "nan", model=warm_model, steps=3, save_every=1, keep_checkpoints=5))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
