@@ -1,4 +1,5 @@
 """The critic: value clipping against its formula, its place in the loop, exact resume, and PPO on the demo."""
+import functools
 import os
 
 import pytest
@@ -9,14 +10,10 @@ from lightrl.config import Config
 from lightrl.critic import value_loss
 from lightrl.logs import read_metrics
 from lightrl.train import train
+from tests.configs import small_config
 
 
-def small(tmp_path, name, **kw) -> Config:
-    base = dict(data="arithmetic", eval_data="", instruction="", steps=2, prompts_per_step=4, group_size=4,
-                max_new_tokens=6, warm_start_steps=0, out_dir=str(tmp_path), run_name=name, progress=False,
-                save_every=0, threads=1, micro_batch=8, algo="ppo")
-    base.update(kw)
-    return Config(**base)
+small = functools.partial(small_config, algo="ppo")
 
 
 def test_value_loss_clipping_formula():

@@ -1,6 +1,7 @@
 """DPO rows: the pairs a group gives, the loss and gradient through the fused path against DPO's
 formula on every backend, the reference refresh, resume, and the demo."""
 import math
+import functools
 import os
 
 import pytest
@@ -11,16 +12,12 @@ from lightrl.config import Config
 from lightrl.kernels import LossScale, fused_policy_loss, group_advantages, pair_coefficients
 from lightrl.logs import read_metrics
 from lightrl.train import train
+from tests.configs import small_config
+
+
+small = functools.partial(small_config, algo="online-dpo")
 
 BACKENDS = ["torch", "triton", "reference"]
-
-
-def small(tmp_path, name, **kw) -> Config:
-    base = dict(data="arithmetic", eval_data="", instruction="", steps=2, prompts_per_step=4, group_size=4,
-                max_new_tokens=6, warm_start_steps=0, out_dir=str(tmp_path), run_name=name, progress=False,
-                save_every=0, threads=1, micro_batch=8, algo="online-dpo")
-    base.update(kw)
-    return Config(**base)
 
 
 @pytest.mark.interpret

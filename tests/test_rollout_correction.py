@@ -10,11 +10,11 @@ import torch
 import lightrl.train
 from lightrl import tiny
 from lightrl.algos import ALGOS, get_algo
-from lightrl.config import Config
 from lightrl.kernels import rollout_weights
 from lightrl.logs import read_metrics
 from lightrl.rollout import HFEngine
 from lightrl.train import train
+from tests.configs import small_config as small
 
 OLD = torch.tensor([-1.0, -2.0, -0.5, -3.0, -1.0, -0.2])
 # log ratios old - rollout: [1.0, -1.0, 0.2, 0.1 (masked), -0.3, 0.9]
@@ -84,14 +84,6 @@ def test_engine_log_probs_of_a_perturbed_copy_give_the_predicted_mismatch():
     u = old - roll
     assert m["rollout_kl"] == pytest.approx(float((u.exp() - 1 - u).mean()), rel=1e-3, abs=1e-7)
     assert m["rollout_kl"] > 1e-4  # the perturbation is visible
-
-
-def small(tmp_path, name, **kw) -> Config:
-    base = dict(data="arithmetic", eval_data="", instruction="", steps=2, prompts_per_step=4, group_size=4,
-                max_new_tokens=6, warm_start_steps=0, out_dir=str(tmp_path), run_name=name, progress=False,
-                save_every=0, threads=1, micro_batch=8)
-    base.update(kw)
-    return Config(**base)
 
 
 def test_grpo_tis_with_the_trainer_as_sampler_trains_exactly_like_grpo(warm_model, tmp_path, monkeypatch):

@@ -12,22 +12,14 @@ from safetensors.torch import load_file
 
 import lightrl.train
 from lightrl.algos import ALGOS
-from lightrl.config import Config
 from lightrl.logs import read_metrics
 from lightrl.model import Policy
 from lightrl.train import train
+from tests.configs import small_config as small
 
 # Metrics that depend only on seeds and arithmetic (not on wall-clock time).
 DETERMINISTIC = ["reward_mean", "accuracy", "loss", "grad_norm", "kl_mean", "entropy", "completion_len_mean",
                  "kept_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "eval_accuracy"]
-
-
-def small(tmp_path, name, **kw) -> Config:
-    base = dict(data="arithmetic", eval_data="", instruction="", steps=2, prompts_per_step=4, group_size=4,
-                max_new_tokens=6, warm_start_steps=0, out_dir=str(tmp_path), run_name=name, progress=False,
-                save_every=0, threads=1, micro_batch=8)
-    base.update(kw)
-    return Config(**base)
 
 
 def finite_numbers(row: dict) -> bool:
