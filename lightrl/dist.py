@@ -174,9 +174,8 @@ def full(t):
 
 
 def full_state_dict(net) -> dict:
-    """net's whole state dict (plain CPU tensors) on rank 0, {} on the others; collective."""
-    if not active():
-        return net.state_dict()
+    """net's whole state dict (plain CPU tensors) on rank 0, {} on the others; collective (torchrun only:
+    save_checkpoint is its one caller)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # A tied parameter (lm_head = input embedding) comes back under both names; keep the first, as
