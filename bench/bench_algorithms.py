@@ -127,7 +127,7 @@ def load_policy(path):
 def sample_scores(tokenizer, model, rows: list[dict], k: int, temperature: float, seed: int):
     """(completion token lists, 0/1 verifier scores) of k samples per row, prompt-major; temperature 0 = greedy."""
     from lightrl.rollout import HFEngine
-    from lightrl.train import verifier_scores
+    from lightrl.rollout import verifier_scores
     engine = HFEngine(model, tokenizer, batch_size=512, stop_ids=[tokenizer.eos_token_id], progress=False)
     comps = engine.generate([tokenizer(r["question"])["input_ids"] for r in rows], k, temperature=temperature,
                             top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, seed=seed)

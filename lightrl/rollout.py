@@ -1,4 +1,5 @@
-"""Rollout engines: prompts (token ids) -> n sampled completions each (token ids).
+"""Steps 1 and 2 of the loop: `rollout` samples the step's groups and scores them (`rewards`) into one
+StepBatch; the engines it samples with turn prompts (token ids) into n completions each (token ids).
 
 hf   transformers `generate` on the policy model itself (any device; the default
      without CUDA). Nothing to sync: it samples from the weights being trained.
@@ -17,6 +18,87 @@ import os
 
 import torch
 from tqdm.auto import tqdm
+
+from lightrl import dist
+from lightrl.batch import StepBatch
+from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config
+from lightrl.kernels import group_advantages
+from lightrl.rewards.combined import score as reward_score
+from lightrl.rewards.rules import format_reward, overlong_penalty
+
+
+def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> tuple[StepBatch, dict]:
+    """Groups of group_size * sample_factor scored completions for prompts_per_step prompts; refill
+    rows draw more prompts, round by round, until that many groups keep a sequence (at most
+    max_refills more rounds). Under torchrun "prompts" are this rank's share and every rank joins every
+    round (lightrl.dist.take). Returns (the step's batch, rollout metrics; rewards over every sample,
+    refills the rounds drawn after the first)."""
+    group_n, target = cfg.group_size * row.sample_factor, dist.local_prompts(cfg.prompts_per_step)
+    groups, sampled, refills, all_rewards, all_scores = [], 0, 0, [], []
+    while True:
+        idx, first = dist.take(sampler, target - len(groups))  # first: this rank's first group in the round
+        prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
+        want = {"return_logprobs": True} if row.needs_rollout_logp else {}
+        comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens,
+                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills,
+                                first_seq=None if first is None else first * group_n, **want)
+        comps, logprobs = comps if want else (comps, None)
+        scores, shaping = rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
+                                   cfg, row)
+        sampled += len(comps)
+        all_rewards += [s + x for s, x in zip(scores, shaping)]
+        all_scores += scores
+        cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
+        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) + ((cut(logprobs, g),) if want else ())
+               for g in range(len(idx))]
+        if not row.refill:
+            groups = new
+            break
+        f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=policy.model.device)  # noqa: E731
+        _, keep = group_advantages(f32(scores), group_n, row, shaping=f32(shaping), backend=cfg.backend,
+                                   lengths=torch.tensor([len(c) for c in comps], device=policy.model.device))
+        groups += [grp for grp, k in zip(new, keep.view(-1, group_n).any(1).tolist()) if k]
+        if dist.all_true(len(groups) >= target) or refills == cfg.max_refills:
+            groups = groups[:target]
+            break
+        refills += 1
+    comps = [c for grp in groups for c in grp[1]]
+    truncated = [len(c) >= cfg.max_new_tokens and c[-1] not in policy.stop_ids for c in comps]
+    batch = StepBatch.build(groups, [not (cfg.mask_truncated and t) for t in truncated], policy.model.device)
+    return batch, dict(reward_mean=_mean(all_rewards), accuracy=_mean(all_scores), samples=sampled,
+                       refills=refills, groups=len(groups), completion_len_mean=_mean(batch.comp_lens),
+                       completion_len_max=max(batch.comp_lens, default=0), truncated_frac=_mean(truncated),
+                       empty_frac=_mean([all(t in policy.stop_ids for t in c) for c in comps]))
+
+
+def verifier_scores(texts: list[str], data_rows: list[dict], reward) -> list[float]:
+    """One score per completion text against its data row (data_rows[i] belongs to texts[i]): the weighted
+    sum of the --reward terms (lightrl.rewards.combined; "math" is 1.0 / 0.0, "code" the fraction of tests
+    passed)."""
+    return reward_score(reward, texts, data_rows)
+
+
+def rewards(comps, data_rows, tokenizer, cfg, row):
+    """(verifier scores, shaping terms: format and overlong, when configured); the reward is their sum.
+    data_rows[i] is the data row that completion comps[i] answers.
+
+    Kept apart because the row's reward_map and keep filter act on the scores alone."""
+    texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
+    scores = verifier_scores(texts, data_rows, cfg.reward)
+    shaping = [0.0] * len(scores)
+    buffer = row.overlong_buffer_tokens(cfg.max_new_tokens)
+    for i, (text, ids) in enumerate(zip(texts, comps)):
+        if cfg.format_weight:
+            shaping[i] += cfg.format_weight * format_reward(text)
+        if row.overlong_penalty and buffer:
+            shaping[i] += overlong_penalty(len(ids), cfg.max_new_tokens, buffer, row.overlong_penalty)
+    return scores, shaping
+
+
+def _mean(xs) -> float:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 class HFEngine:

@@ -1,5 +1,8 @@
 """The training loop, read top to bottom: rollout -> reward -> advantage -> update -> log / eval / checkpoint.
 
+Each step is a few named calls: lightrl.rollout.rollout (1. sample and 2. score: one StepBatch),
+lightrl.advantages.advantages (3. advantages, keep, the whole batch's LossScale), update_policy
+(4. optimizer steps on the kept sequences), then metrics, evaluate and save (5.).
 `train(cfg)` never looks at an algorithm's name, only at the fields of its row (lightrl.algos.AlgoRow):
   sample_factor / refill       how many completions to draw and whether to draw more prompts
                                until enough groups survive the filter (DAPO dynamic sampling);
@@ -24,13 +27,13 @@
                                before each update (dpo_coefficients); ref_refresh copies the policy
                                into the reference every K steps (saved with each checkpoint);
   overlong_*, aggregate, ...   used by the reward rules and fused_policy_loss.
+(per_token_advantages, rollout_correction, dpo_coefficients, entropy_scale: lightrl.advantages.)
 A step's sequences are one lightrl.batch.StepBatch on the training device. Only completion
 tokens reach fused_policy_loss (hidden states and the lm_head weight, never [tokens x vocab]
 logits); given the batch's denominators, each micro-batch's loss is its share of the batch's.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -40,18 +43,17 @@ from tqdm.auto import tqdm
 
 import lightrl.critic
 from lightrl import checkpoint, dist, model
+from lightrl.advantages import advantages, dpo_coefficients, entropy_scale
 from lightrl.batch import StepBatch
-from lightrl.config import ROLLOUT_SEEDS_PER_STEP, Config, save_config
+from lightrl.config import Config, save_config
 from lightrl.data import PromptSampler
 from lightrl.errors import RunStopped
-from lightrl.kernels import (entropy_cutoff, fused_policy_loss, group_advantages, merge_metrics, pair_coefficients,
-                             rollout_weights, token_advantages)
+from lightrl.kernels import fused_policy_loss, merge_metrics
 from lightrl.logs import MetricsLog, logger, show_bars
 from lightrl.preflight import Start, preflight
 from lightrl.rewards.combined import reward_stats
-from lightrl.rewards.combined import score as reward_score
 from lightrl.rewards.math import get_stats
-from lightrl.rewards.rules import format_reward, overlong_penalty
+from lightrl.rollout import rollout, verifier_scores
 
 
 def train(cfg: Config, start: Start | None = None) -> str:
@@ -94,7 +96,6 @@ def train(cfg: Config, start: Start | None = None) -> str:
     engine = model.rollout_engine(cfg, policy, engine_name, resumed=ckpt is not None,
                                   logprobs=row.needs_rollout_logp)
     log = MetricsLog(run_dir, cfg, resume_step=start_step, started=started) if dist.is_main() else None
-    loss_constant = float(cfg.max_new_tokens) if row.aggregate == "token_sum_norm" else None
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), desc="steps", initial=start_step, total=cfg.steps,
@@ -114,30 +115,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
 
         # 3. advantages over the final batch; only kept sequences go on to the update.
         nonfinite = dist.any_true(not bool(torch.isfinite(batch.scores + batch.shaping).all()))
-        skip_reason = "non-finite reward" if nonfinite else None
-        shaping, reward_kl_mean = batch.shaping, None
-        if row.kl_in_reward and skip_reason is None:
-            if row.kl_per_token:  # a per-token reward: enters after the advantage step
-                batch.extras["kl"] = policy.token_kl(batch, cfg.micro_batch, row.kl_estimator)
-                kl = batch.seq_sum(batch.extras["kl"])
-            else:
-                kl = policy.sequence_kl(batch, cfg.micro_batch, row.kl_estimator)
-                shaping = shaping - row.kl_coef * kl
-            # The loss sees no ref_logp here, so its kl_mean would be 0: log this KL's token mean instead.
-            reward_kl_mean = dist.total(kl.sum().item()) / max(dist.total(int(batch.mask.sum())), 1)
-        batch.advantages, batch.keep = group_advantages(batch.scores, batch.group, row, lengths=batch.lengths,
-                                                        shaping=shaping, backend=cfg.backend)
-        m["kept_frac"] = batch.keep.float().mean().item() if batch.num_seqs else 0.0
-        if skip_reason is None and not dist.any_true(bool(batch.keep.any())):
-            skip_reason = "every group filtered (no kept sample)" + (" after refills" if row.refill else "")
-        kept = batch.select(batch.keep)
-        if row.rollout_is != "none" and skip_reason is None:
-            m.update(rollout_correction(policy, kept, cfg, row))
-        scale = dist.loss_scale(kept.loss_scale(loss_constant))  # the whole batch's, over every rank
-        if skip_reason is None and not scale.tokens:
-            skip_reason = "no completion token to train on (all kept completions empty or masked as truncated)"
-        if skip_reason is None and (row.token_advantages or row.rollout_is != "none"):
-            per_token_advantages(kept, critic, cfg, row)
+        kept, scale, adv_metrics, skip_reason = advantages(policy, batch, critic, cfg, row, finite=not nonfinite)
+        m.update(adv_metrics)
 
         # 4. update
         t_update = time.time()
@@ -145,12 +124,10 @@ def train(cfg: Config, start: Start | None = None) -> str:
         stepped = False
         if skip_reason is None:
             update_metrics, stepped, skip_reason = update_policy(policy, optimizer, kept, scale, cfg, row)
-            m.update(update_metrics)
+            m.update(update_metrics, **adv_metrics)  # with kl_in_reward, the reward's KL is the kl_mean
             nonfinite = skip_reason is not None
             if critic is not None:
                 m.update(critic.update(kept, cfg, row))
-        if reward_kl_mean is not None:
-            m["kl_mean"] = reward_kl_mean
         if stepped:
             scheduler.step()
             engine.sync_weights(policy.model)
@@ -180,19 +157,8 @@ def train(cfg: Config, start: Start | None = None) -> str:
             raise RunStopped(f"stopping: {bad_in_a_row} consecutive steps had non-finite rewards or losses "
                                f"(last: {skip_reason}); the last good checkpoint is in {run_dir}/checkpoints")
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
-            state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                     "rng": checkpoint.rng_state()}
-            if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
-                dist.save_checkpoint(run_dir, done, policy.model, policy.tokenizer, state, optimizer,
-                                     cfg.keep_checkpoints, finite=not nonfinite)
-            else:
-                writers = [critic.save] if critic is not None else []
-                writers += [policy.save_reference] if row.ref_refresh else []
-                if cfg.merge_on_save:  # LoRA: base + adapters as one plain model, beside the adapters
-                    writers.append(lambda path: model.save_merged(policy, os.path.join(path, "merged")))
-                checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
-                                finite=not nonfinite, extra=writers)
+            save(run_dir, done, policy, critic, optimizer, scheduler, sampler, bad_in_a_row, finite=not nonfinite,
+                 cfg=cfg, row=row)
     bar.close()
     if log is not None:
         log.close()  # draws curves.png and logs the summary
@@ -200,106 +166,23 @@ def train(cfg: Config, start: Start | None = None) -> str:
     return run_dir
 
 
-def rollout(engine, policy, sampler, data_rows, step: int, cfg: Config, row) -> tuple[StepBatch, dict]:
-    """Groups of group_size * sample_factor scored completions for prompts_per_step prompts; refill
-    rows draw more prompts, round by round, until that many groups keep a sequence (at most
-    max_refills more rounds). Under torchrun "prompts" are this rank's share and every rank joins every
-    round (lightrl.dist.take). Returns (the step's batch, rollout metrics; rewards over every sample,
-    refills the rounds drawn after the first)."""
-    group_n, target = cfg.group_size * row.sample_factor, dist.local_prompts(cfg.prompts_per_step)
-    groups, sampled, refills, rewards, all_scores = [], 0, 0, [], []
-    while True:
-        idx, first = dist.take(sampler, target - len(groups))  # first: this rank's first group in the round
-        prompts = [policy.encode(data_rows[i]["question"]) for i in idx]
-        want = {"return_logprobs": True} if row.needs_rollout_logp else {}
-        comps = engine.generate(prompts, group_n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_new_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed * 1_000_003 + step * ROLLOUT_SEEDS_PER_STEP + refills,
-                                first_seq=None if first is None else first * group_n, **want)
-        comps, logprobs = comps if want else (comps, None)
-        scores, shaping = _rewards(comps, [data_rows[i] for i in idx for _ in range(group_n)], policy.tokenizer,
-                                   cfg, row)
-        sampled += len(comps)
-        rewards += [s + x for s, x in zip(scores, shaping)]
-        all_scores += scores
-        cut = lambda xs, g: xs[g * group_n:(g + 1) * group_n]  # noqa: E731
-        new = [(prompts[g], cut(comps, g), cut(scores, g), cut(shaping, g)) + ((cut(logprobs, g),) if want else ())
-               for g in range(len(idx))]
-        if not row.refill:
-            groups = new
-            break
-        f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=policy.model.device)  # noqa: E731
-        _, keep = group_advantages(f32(scores), group_n, row, shaping=f32(shaping), backend=cfg.backend,
-                                   lengths=torch.tensor([len(c) for c in comps], device=policy.model.device))
-        groups += [grp for grp, k in zip(new, keep.view(-1, group_n).any(1).tolist()) if k]
-        if dist.all_true(len(groups) >= target) or refills == cfg.max_refills:
-            groups = groups[:target]
-            break
-        refills += 1
-    comps = [c for grp in groups for c in grp[1]]
-    truncated = [len(c) >= cfg.max_new_tokens and c[-1] not in policy.stop_ids for c in comps]
-    batch = StepBatch.build(groups, [not (cfg.mask_truncated and t) for t in truncated], policy.model.device)
-    return batch, dict(reward_mean=_mean(rewards), accuracy=_mean(all_scores), samples=sampled,
-                       refills=refills, groups=len(groups), completion_len_mean=_mean(batch.comp_lens),
-                       completion_len_max=max(batch.comp_lens, default=0), truncated_frac=_mean(truncated),
-                       empty_frac=_mean([all(t in policy.stop_ids for t in c) for c in comps]))
-
-
-def verifier_scores(texts: list[str], data_rows: list[dict], reward) -> list[float]:
-    """One score per completion text against its data row (data_rows[i] belongs to texts[i]): the weighted
-    sum of the --reward terms (lightrl.rewards.combined; "math" is 1.0 / 0.0, "code" the fraction of tests
-    passed)."""
-    return reward_score(reward, texts, data_rows)
-
-
-def _rewards(comps, data_rows, tokenizer, cfg, row):
-    """(verifier scores, shaping terms: format and overlong, when configured); the reward is their sum.
-    data_rows[i] is the data row that completion comps[i] answers.
-
-    Kept apart because the row's reward_map and keep filter act on the scores alone."""
-    texts = tokenizer.batch_decode(comps, skip_special_tokens=True)
-    scores = verifier_scores(texts, data_rows, cfg.reward)
-    shaping = [0.0] * len(scores)
-    buffer = row.overlong_buffer_tokens(cfg.max_new_tokens)
-    for i, (text, ids) in enumerate(zip(texts, comps)):
-        if cfg.format_weight:
-            shaping[i] += cfg.format_weight * format_reward(text)
-        if row.overlong_penalty and buffer:
-            shaping[i] += overlong_penalty(len(ids), cfg.max_new_tokens, buffer, row.overlong_penalty)
-    return scores, shaping
-
-
-def rollout_correction(policy, batch: StepBatch, cfg: Config, row) -> dict:
-    """Rollout correction (row.rollout_is): the trainer's log-probs of the sampling weights (one no-grad
-    pass; kept as the old log-probs when the row has several updates) against the engine's sampling
-    log-probs give per-token weights (extras["rollout_weight"], applied by per_token_advantages) and a
-    token mask, which drops tokens from the batch's mask before its denominators are counted. Returns
-    rollout_kl, rollout_is_clipped_frac, rollout_is_masked_frac."""
-    old = policy.logprobs(policy.model, batch, cfg.micro_batch)
-    if row.needs_old_logp and cfg.updates_per_batch > 1:
-        batch.extras["old_logp"] = old
-    batch.extras["rollout_weight"], keep, metrics = rollout_weights(old, batch.extras["rollout_logp"], batch.mask,
-                                                                    batch.seq_index, row)
-    batch.mask = batch.mask & keep
-    return metrics
-
-
-def per_token_advantages(batch: StepBatch, critic, cfg: Config, row) -> None:
-    """Per-token advantages into batch.extras["advantages"]: token_advantages (GAE over the per-token
-    rewards, whitening) for rows with them, else the sequence's; times the rollout correction's
-    weights when it has set them. With a critic, its values of the batch as "old_values" and the GAE
-    returns (its targets) as "returns"."""
-    if row.token_advantages:
-        values = critic.values(batch, cfg.micro_batch) if critic is not None else None
-        adv, returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row, kl=batch.extras.get("kl"),
-                                        values=values, backend=cfg.backend)
-        if critic is not None:
-            batch.extras.update(old_values=values, returns=returns)
-    else:
-        adv = batch.advantages[batch.seq_index]
-    if "rollout_weight" in batch.extras:
-        adv = adv * batch.extras["rollout_weight"]
-    batch.extras["advantages"] = adv
+def save(run_dir: str, step: int, policy, critic, optimizer, scheduler, sampler, bad_in_a_row: int, *,
+         finite: bool, cfg: Config, row) -> None:
+    """The checkpoint after `step` (lightrl.checkpoint): the policy's weights, the trainer state a --resume
+    needs, and the row's own models (the critic, the refreshed reference, with --merge-on-save the merged
+    LoRA model). finite: the step was finite (no checkpoint is written from a non-finite one)."""
+    state = {"step": step, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": checkpoint.rng_state()}
+    if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
+        dist.save_checkpoint(run_dir, step, policy.model, policy.tokenizer, state, optimizer, cfg.keep_checkpoints,
+                             finite=finite)
+        return
+    writers = [critic.save] if critic is not None else []
+    writers += [policy.save_reference] if row.ref_refresh else []
+    if cfg.merge_on_save:  # LoRA: base + adapters as one plain model, beside the adapters
+        writers.append(lambda path: model.save_merged(policy, os.path.join(path, "merged")))
+    checkpoint.save(run_dir, step, policy.model, policy.tokenizer, state, cfg.keep_checkpoints, finite=finite,
+                    extra=writers)
 
 
 def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) -> tuple[dict, bool, str | None]:
@@ -340,30 +223,6 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
     return metrics, True, None
 
 
-def dpo_coefficients(policy, batch: StepBatch, sign, scale, cfg: Config, row) -> dict:
-    """DPO's per-sequence coefficients for the current weights into batch.extras["advantages"] (per
-    token), from a no-grad pass of the policy: each pair's margin sums log-ratios over whole
-    sequences, which may sit in different micro-batches, so it must be known before any of their
-    losses. sign [S]: +1 chosen, -1 rejected. Returns the pair metrics (dpo_loss, ...)."""
-    logp = policy.logprobs(policy.model, batch, cfg.micro_batch)
-    coef, metrics = pair_coefficients(logp, batch.extras["ref_logp"], batch.mask, batch.seq_index, sign, batch.group,
-                                      beta=row.dpo_beta, seqs=scale.seqs)
-    batch.extras["advantages"] = coef[batch.seq_index]
-    return metrics
-
-
-def entropy_scale(policy, batch: StepBatch, scale, cfg: Config, row):
-    """(scale with the batch's entropy cutoff, the batch's log-probs [N] f32) for rows that select tokens
-    by entropy. The top fraction is the whole batch's, so the cutoff must be known before the first
-    micro-batch's loss: it comes from one no-grad pass of the sampling weights, the pass that gives the
-    old log-probs too (so it is free when they are needed), and stays fixed over the batch's updates,
-    which then all train the same tokens. Each loss call selects by the entropy of its own fused
-    forward against this cutoff; on the first update the two entropies are the same numbers."""
-    logp, entropy = policy.logprobs(policy.model, batch, cfg.micro_batch, return_entropy=True)
-    cutoff = entropy_cutoff(entropy, batch.mask, row.entropy_top_frac)
-    return dataclasses.replace(scale, entropy_cutoff=cutoff), logp
-
-
 def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float, dict, float]:
     """The whole batch's loss gradient, one micro-batch at a time (each loss is already its share).
     Returns (loss, loss metrics over the batch, policy entropy on the first micro-batch)."""
@@ -402,7 +261,3 @@ def evaluate(engine, policy, eval_data_rows: list[dict], step: int, cfg: Config)
     scores = verifier_scores(texts, [r for r in rows for _ in range(cfg.eval_k)], cfg.reward)
     return {"eval_accuracy": dist.total(sum(scores)) / dist.total(len(scores)), "eval_time": time.time() - t0}
 
-
-def _mean(xs) -> float:
-    xs = [float(x) for x in xs]
-    return sum(xs) / len(xs) if xs else 0.0

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-import lightrl.train
+import lightrl.rollout
 from lightrl import checkpoint
 from lightrl.config import Config, parse_args
 from lightrl.logs import read_metrics
@@ -165,13 +165,13 @@ def test_non_finite_weights_are_never_saved(base, tmp_path, capsys):
 
 
 def poison_step(monkeypatch, bad_calls: set[int]):
-    real, calls = lightrl.train._rewards, []
+    real, calls = lightrl.rollout.rewards, []
 
     def poisoned(comps, *a):
         calls.append(1)
         scores, shaping = real(comps, *a)
         return ([float("nan")] * len(scores) if len(calls) in bad_calls else scores), shaping
-    monkeypatch.setattr(lightrl.train, "_rewards", poisoned)
+    monkeypatch.setattr(lightrl.rollout, "rewards", poisoned)
 
 
 def test_a_non_finite_last_step_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

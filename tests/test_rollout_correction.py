@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import lightrl.train
+import lightrl.advantages
 from lightrl import tiny
 from lightrl.algos import ALGOS, get_algo
 from lightrl.kernels import rollout_weights
@@ -87,12 +87,12 @@ def test_engine_log_probs_of_a_perturbed_copy_give_the_predicted_mismatch():
 
 
 def test_grpo_tis_with_the_trainer_as_sampler_trains_exactly_like_grpo(warm_model, tmp_path, monkeypatch):
-    real = lightrl.train.rollout_weights
+    real = lightrl.advantages.rollout_weights
 
     def same_logprobs(old, rollout, *a):
         return real(old, old.clone(), *a)
 
-    monkeypatch.setattr(lightrl.train, "rollout_weights", same_logprobs)
+    monkeypatch.setattr(lightrl.advantages, "rollout_weights", same_logprobs)
     runs = {algo: read_metrics(os.path.join(train(small(tmp_path, algo, algo=algo, model=warm_model, steps=3,
                                                         updates_per_batch=2)), "metrics.jsonl"))
             for algo in ("grpo", "grpo-tis")}

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lightrl.train
+import lightrl.advantages
+import lightrl.rollout
 from lightrl.algos import ALGOS
 from lightrl.logs import read_metrics
 from lightrl.model import Policy
@@ -54,7 +55,7 @@ def _k3_per_sequence(model, ref_model, batch, temperature):
 def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
     # group_advantages gets the verifier's scores, and as shaping the rule terms minus kl_coef * (sequence KL).
     seen = []
-    real_rewards, real_kl, real_adv = lightrl.train._rewards, Policy.sequence_kl, lightrl.train.group_advantages
+    real_rewards, real_kl, real_adv = lightrl.rollout.rewards, Policy.sequence_kl, lightrl.advantages.group_advantages
 
     def rewards(*a, **k):
         out = real_rewards(*a, **k)
@@ -69,9 +70,9 @@ def test_kl_in_reward_and_entropy_bonus(warm_model, tmp_path, monkeypatch):
         seen[-1]["got"] = (r.clone(), k["shaping"].clone())
         return real_adv(r, *a, **k)
 
-    monkeypatch.setattr(lightrl.train, "_rewards", rewards)
+    monkeypatch.setattr(lightrl.rollout, "rewards", rewards)
     monkeypatch.setattr(Policy, "sequence_kl", sequence_kl)
-    monkeypatch.setattr(lightrl.train, "group_advantages", group_advantages)
+    monkeypatch.setattr(lightrl.advantages, "group_advantages", group_advantages)
     run = train(small(tmp_path, "klr", algo="grpo", model=warm_model, steps=3, temperature=0.7,
                       row={"kl_in_reward": "true", "entropy_coef": "0.01", "kl_coef": "0.5"}))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
@@ -133,7 +134,7 @@ def test_checkpoint_loads_with_transformers_and_generates(tmp_path):
 
 
 def test_nan_reward_skips_the_optimizer_step(warm_model, tmp_path, monkeypatch):
-    real = lightrl.train._rewards
+    real = lightrl.rollout.rewards
     calls = {"n": 0}
 
     def poisoned(*args):
@@ -142,7 +143,7 @@ def test_nan_reward_skips_the_optimizer_step(warm_model, tmp_path, monkeypatch):
         if calls["n"] == 2:
             rewards[0] = float("nan")
         return rewards, scores
-    monkeypatch.setattr(lightrl.train, "_rewards", poisoned)
+    monkeypatch.setattr(lightrl.rollout, "rewards", poisoned)
     # What each save call is handed (the non-finite step 2 writes no checkpoint, so it is captured here).
     real_save, handed = lightrl.checkpoint.save, {}
 
@@ -161,13 +162,13 @@ def test_nan_reward_skips_the_optimizer_step(warm_model, tmp_path, monkeypatch):
 
 
 def test_consecutive_bad_steps_stop_the_run(warm_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(lightrl.train, "_rewards", lambda comps, *a: ([float("inf")] * len(comps), [0.0] * len(comps)))
+    monkeypatch.setattr(lightrl.rollout, "rewards", lambda comps, *a: ([float("inf")] * len(comps), [0.0] * len(comps)))
     with pytest.raises(RuntimeError, match="2 consecutive steps"):
         train(small(tmp_path, "inf", model=warm_model, steps=5, max_bad_steps=2))
 
 
 def test_every_group_filtered_is_skipped_not_divided_by_zero(warm_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lightrl.train, "_rewards", lambda comps, *a: ([0.0] * len(comps), [0.0] * len(comps)))
+    monkeypatch.setattr(lightrl.rollout, "rewards", lambda comps, *a: ([0.0] * len(comps), [0.0] * len(comps)))
     run = train(small(tmp_path, "raft", algo="raft", model=warm_model))
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
     assert [r["skipped"] for r in rows] == [1, 1] and all(finite_numbers(r) for r in rows)

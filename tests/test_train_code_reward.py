@@ -8,7 +8,8 @@ import pytest
 from lightrl.config import Config, parse_args, validate
 from lightrl.data import BadRow, load_rows
 from lightrl.logs import read_metrics
-from lightrl.train import _rewards, train, verifier_scores
+from lightrl.rollout import rewards, verifier_scores
+from lightrl.train import train
 
 
 def write_jsonl(path, records) -> str:
@@ -76,7 +77,7 @@ CHEAT = "```python\nclass Same:\n    def __eq__(self, other):\n        return Tr
 
 
 class TextTokenizer:
-    """batch_decode of 'token ids' that are the texts themselves: _rewards on hand-written completions."""
+    """batch_decode of 'token ids' that are the texts themselves: rewards on hand-written completions."""
 
     def batch_decode(self, comps, skip_special_tokens=True):
         return list(comps)
@@ -95,7 +96,7 @@ def test_rewards_score_completions_in_the_sandbox(tmp_path):
     comps = [GOOD, HALF, WRONG, FORK_BOMB, "no code at all", CHEAT, DOUBLE, GOOD]
     per_comp = [add, add, add, add, add, add, double, double]
     cfg = Config(reward="code", format_weight=0.0)
-    scores, shaping = _rewards(comps, per_comp, TextTokenizer(), cfg, Row())
+    scores, shaping = rewards(comps, per_comp, TextTokenizer(), cfg, Row())
     assert scores == [1.0, 0.75, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert shaping == [0.0] * len(comps)
 
