@@ -335,3 +335,27 @@ def _apply_liger(model) -> None:
     params = inspect.signature(fn).parameters
     fn(model=model, **{k: v for k, v in wanted.items() if k in params})
     logger.info(f"liger-kernel RMSNorm/RoPE/SwiGLU applied to {model.config.model_type}")
+
+
+def merged_weights(model):
+    """(name, tensor) pairs of what a rollout engine must load to sample like model, under the Hugging Face
+    model's own names (model.layers.0.self_attn.q_proj.weight, ...; a tied lm_head once, as the embedding).
+    A plain model: every parameter. A peft LoRA model: only the linear layers its adapters change, each
+    base weight + peft's delta of every active adapter (LoraLayer.get_delta_weight, what merge_and_unload
+    adds); embeddings, norms and lm_head stay what the engine loaded. Tensors keep the model's dtype and
+    device, detached; FSDP2 shards (DTensors) are gathered whole (a collective: every rank iterates).
+    Lazy: one merged tensor at a time."""
+    if not hasattr(model, "get_base_model"):  # not a peft model
+        for name, p in model.named_parameters():
+            yield name, dist.full(p.detach())
+        return
+    from peft.tuners.lora import LoraLayer
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        with torch.no_grad():
+            weight = dist.full(module.get_base_layer().weight.detach())
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A and adapter not in module.merged_adapters:
+                    weight = weight + dist.full(module.get_delta_weight(adapter)).to(weight.dtype)
+        yield f"{name}.weight", weight

@@ -5,8 +5,9 @@ hf   transformers `generate` on the policy model itself (any device; the default
      without CUDA). Nothing to sync: it samples from the weights being trained.
 vllm vLLM colocated on the training GPU (optional extra `pip install lightrl[vllm]`).
      Sleep mode frees its memory while the trainer updates; after every optimizer
-     step the new weights are loaded into it. This path needs CUDA and is not
-     exercised by the CPU test suite.
+     step the new weights are loaded into it (with LoRA: only the merged layers the
+     adapters change). This path needs CUDA; the CPU tests check its weight sync
+     against a stand-in vLLM (tests/test_vllm_sync.py).
 
 Both return completions as lists of token ids, ending at (and including) the first
 stop token (EOS, or the end-of-turn token of chat models) when one was produced, in
@@ -191,8 +192,10 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
 class VLLMEngine:
     """vLLM on the same GPU as the trainer (colocated).
 
-    The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so new weights can be
-    handed to its model object directly; `gpu_memory_utilization` bounds its share of the GPU.
+    The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the weights sync_weights
+    sends (tensors on this GPU) reach its worker by reference: no copy, no serialization, and no
+    transport of vLLM's weight-transfer engines (NCCL needs a second process, CUDA IPC handles cannot
+    be opened by the process that made them). `gpu_memory_utilization` bounds its share of the GPU.
     With sleep mode, level-1 sleep drops the KV cache and moves its weights to CPU during updates.
     """
 
@@ -212,6 +215,7 @@ class VLLMEngine:
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        enable_sleep_mode=sleep, enable_prefix_caching=True, generation_config="vllm", **extra)
         self.asleep = False
+        self.reload_api = has_reload_api()
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int, first_seq: int | None = None, desc: str = "rollout",
@@ -235,11 +239,17 @@ class VLLMEngine:
         return comps, logprobs
 
     def sync_weights(self, model) -> None:
-        """Load the trainer's current weights into the engine (vLLM's model.load_weights)."""
+        """Load the policy's current weights into the engine: lightrl.model.merged_weights (every weight;
+        with LoRA only the merged layers its adapters change), by Hugging Face name. Where the installed
+        vLLM has its weight-reload API (RELOAD_API) through that; older ones through each worker's
+        model.load_weights, run by LLM.collective_rpc."""
+        from lightrl.model import merged_weights
         self.wake()
-        params = ((name, p.detach()) for name, p in model.state_dict().items())
-        runner_model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        runner_model.load_weights(params)
+        weights = whole_layers(merged_weights(model), model)
+        if self.reload_api:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        else:
+            self.llm.collective_rpc(_load_weights, args=(weights,))
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
 
@@ -252,3 +262,51 @@ class VLLMEngine:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+
+# vLLM's weight-reload API (layerwise reloading, vLLM >= 0.18): LLM.collective_rpc("reload_weights",
+# kwargs={"weights_iterator": ...}) loads (name, tensor) pairs in place, through the model's own
+# load_weights, and re-runs any per-layer processing (quantization, repacking) once a layer has all
+# its weights. Its module is the feature check.
+RELOAD_API = "vllm.model_executor.model_loader.reload"
+
+# HF projections that vLLM loads into one fused layer (qkv_proj, gate_up_proj in its Llama, Qwen2/3,
+# Mistral models).
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def has_reload_api() -> bool:
+    """Whether the installed vLLM has its weight-reload API (RELOAD_API)."""
+    import importlib
+    try:
+        importlib.import_module(RELOAD_API)
+    except ImportError:
+        return False
+    return True
+
+
+def whole_layers(weights, model):
+    """weights ((HF name, tensor) pairs), then model's other current parameters of every vLLM layer they
+    touch: a LoRA-changed projection's bias, and the projections vLLM fuses with it (LoRA on q_proj and
+    v_proj leaves k_proj as it was). The reload API rebuilds a layer from the parts it is sent, so each
+    gets all of its parts; a plain model's weights already are every parameter."""
+    sent = set()
+    for name, tensor in weights:
+        sent.add(name)
+        yield name, tensor
+    if not hasattr(model, "get_base_model"):
+        return
+    layers = set()
+    for name in sent:
+        prefix, _, proj = name.rpartition(".")[0].rpartition(".")
+        layers |= {f"{prefix}.{p}" for p in next((g for g in FUSED if proj in g), (proj,))}
+    params = {n.replace(".base_layer.", "."): p for n, p in model.get_base_model().named_parameters()
+              if "lora_" not in n}
+    for name in sorted(params):
+        if name not in sent and name.rpartition(".")[0] in layers:
+            yield name, dist.full(params[name].detach())
+
+
+def _load_weights(worker, weights) -> None:
+    """Run on each vLLM worker by LLM.collective_rpc (vLLM before RELOAD_API): its model's load_weights."""
+    worker.model_runner.model.load_weights(weights)
