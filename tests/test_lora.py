@@ -100,8 +100,10 @@ def test_lora_under_torchrun_equals_one_process_and_its_checkpoint_resumes_anywh
     from transformers import AutoModelForCausalLM
 
     from tests.test_dist import small_args, torchrun
-    # grpo: the reference (AdaptersOff, the sharded policy with adapters off) gives the KL term.
-    args = small_args(warm_model, "r", "--algo", "grpo", "--lora-r", "8", "--lr", "5e-3", "--merge-on-save")
+    # grpo: the reference (AdaptersOff, the sharded policy with adapters off) gives the KL term; the
+    # gradient clip acts on the sharded adapters' gradients (their norm is above it).
+    args = small_args(warm_model, "r", "--algo", "grpo", "--lora-r", "8", "--lr", "5e-3", "--grad-clip", "0.05",
+                      "--merge-on-save")
     runs = {}
     for n in (1, 2):
         done = torchrun(n, tmp_path / str(n), *args)
@@ -112,13 +114,14 @@ def test_lora_under_torchrun_equals_one_process_and_its_checkpoint_resumes_anywh
     (m1, a1), (m2, a2) = runs[1], runs[2]
     assert [r["step"] for r in m2] == [1, 2, 3]
     assert any(abs(r["loss"]) > 1e-4 for r in m1) and all(r["kl_mean"] > 0 for r in m1[1:])
+    assert all(r["grad_norm"] > 0.05 for r in m1), [r["grad_norm"] for r in m1]
     for a, b in zip(m1, m2):
         for k in ("loss", "reward_mean", "kl_mean", "grad_norm"):
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), (a["step"], k)
     assert sorted(a1[2]) == sorted(a2[2]) and len(a2[2]) == 28  # 2 layers x 7 targets x (lora_A, lora_B)
     # As for full fine-tuning (test_dist), the adapters agree to float rounding after one update
     # (measured: 7e-9); then a few dozen lora_B entries whose gradients sit at AdamW's eps drift
-    # (measured after three: 61 of 26112 entries beyond 1e-6, at most 1.4e-4 at this lr).
+    # (measured after three: 45-61 of 26112 entries beyond 1e-6, at most 1.4e-4 at this lr).
     assert max(float((a1[0][k] - a2[0][k]).abs().max()) for k in a1[0]) < 1e-6
     assert max(float((a1[2][k] - a2[2][k]).abs().max()) for k in a1[2]) < 1e-3
     assert sum(int(((a1[2][k] - a2[2][k]).abs() > 1e-6).sum()) for k in a1[2]) < 0.01 * 26112
