@@ -8,8 +8,8 @@ machine's cores, so the figures show the overhead of sharding and all-reduces, n
 speed-up; with N GPUs (--device cuda --procs 1,2,4,8) the efficiency is the number to watch
 (goal: >= 0.9 for the update phase). Each run is a fresh `torchrun --standalone` of
 `python -m lightrl.run` on the tiny model; the first step (warm-up) is left out of the medians.
-Full fine-tuning vs LoRA (--lora-r, 0 = skip) is compared in one process without torchrun
-(LoRA under torchrun is not supported yet): rows "plain full" and "plain lora".
+Full fine-tuning vs LoRA (--lora-r, 0 = skip) is compared in one process without torchrun:
+rows "plain full" and "plain lora".
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as tdist
@@ -88,12 +89,9 @@ def close() -> None:
         tdist.destroy_process_group()
 
 
-def check(prompts_per_step: int, lora_r: int, row) -> None:
-    """Refuse a step that cannot split into whole groups, the same number on every rank, LoRA, and rows
-    with a critic or a refreshed reference (their models are not sharded yet)."""
-    if active() and lora_r:
-        raise UserError("--lora-r under torchrun is not supported yet (the adapters are not sharded); "
-                        "run LoRA in one process")
+def check(prompts_per_step: int, row) -> None:
+    """Refuse a step that cannot split into whole groups, the same number on every rank, and rows with a
+    critic or a refreshed reference (their models are not sharded yet)."""
     if active() and (row.critic or row.ref_refresh):
         raise UserError("rows with a critic (ppo) or a refreshed reference (iterative-dpo) are not supported "
                         "under torchrun yet (that model is not sharded); run them in one process")
@@ -118,17 +116,25 @@ def barrier() -> None:
 
 # ---- sharding ------------------------------------------------------------------------------------
 
+def _root(net: torch.nn.Module) -> torch.nn.Module:
+    """The module sharded last, as FSDP's root: net, or a peft model's (LoRA) transformers model inside
+    its wrappers, since peft's forward and generate both run through that model's own forward."""
+    return net.get_base_model() if hasattr(net, "get_base_model") else net
+
+
 def shard(net: torch.nn.Module, amp_dtype: torch.dtype | None) -> torch.nn.Module:
     """net sharded in place with FSDP2: each decoder layer, then the root (embeddings, final norm,
-    lm_head). On CUDA with --dtype bfloat16/auto the shards stay fp32 and are gathered in amp_dtype,
-    gradients reduced in fp32. Gradients are summed over ranks (each rank's loss is its share)."""
+    lm_head). A LoRA layer's adapters share its group with its frozen weights; only they get
+    gradients (and reduce-scatters). On CUDA with --dtype bfloat16/auto the shards stay fp32 and are
+    gathered in amp_dtype, gradients reduced in fp32. Gradients are summed over ranks (each rank's
+    loss is its share)."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
     kw = {}
     if _device.type == "cuda" and amp_dtype is not None:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
     for layer in net.get_decoder().layers:
         fully_shard(layer, **kw)
-    fully_shard(net, **kw)
+    fully_shard(_root(net), **kw)
     for module in net.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
@@ -137,15 +143,18 @@ def shard(net: torch.nn.Module, amp_dtype: torch.dtype | None) -> torch.nn.Modul
 
 
 def shard_policy(policy) -> None:
-    """Shard the policy and its reference (when there is one) in place; before the optimizer exists."""
+    """Shard the policy and its reference (when there is one) in place; before the optimizer exists.
+    A LoRA run's reference (model.AdaptersOff, not a module) is the policy's own modules: sharded with it."""
     shard(policy.model, policy.amp_dtype)
-    if policy.ref_model is not None:
+    if isinstance(policy.ref_model, torch.nn.Module):
         shard(policy.ref_model, policy.amp_dtype)
 
 
 def is_sharded(net) -> bool:
+    """Whether net (a model or a peft model) is sharded by shard: call it, not its decoder, so that
+    the root's FSDP hooks run."""
     from torch.distributed.fsdp import FSDPModule
-    return isinstance(net, FSDPModule)
+    return isinstance(_root(net), FSDPModule)
 
 
 @contextlib.contextmanager
@@ -165,7 +174,8 @@ def unsharded(net):
     finally:
         for m in modules:
             m.reshard()
-            m.set_reshard_after_forward(m is not net, recurse=False)  # the root stays gathered for the backward
+            # the root stays gathered from its forward through the backward
+            m.set_reshard_after_forward(m is not _root(net), recurse=False)
 
 
 def full(t):
@@ -188,11 +198,13 @@ def full_state_dict(net) -> dict:
 
 
 def save_checkpoint(run_dir: str, step: int, net, tokenizer, state: dict, optimizer, keep: int,
-                    finite: bool) -> None:
-    """checkpoint.save under torchrun; collective. Rank 0 writes the whole model (+ config, tokenizer)
-    and trainer_state.pt (state less its "optimizer"); every rank writes its optimizer shard into
-    optimizer/ with torch.distributed.checkpoint, inside the staging directory, so the checkpoint
-    still appears whole or not at all."""
+                    finite: bool, merged: Callable[[str, dict], None] | None = None) -> None:
+    """checkpoint.save under torchrun; collective. Rank 0 writes the whole model (+ config, tokenizer;
+    a peft model: its adapters, as in one process) and trainer_state.pt (state less its "optimizer");
+    every rank writes its optimizer shard into optimizer/ with torch.distributed.checkpoint, inside
+    the staging directory, so the checkpoint still appears whole or not at all. merged(path, weights):
+    rank 0 writes more into the staging directory from the gathered state dict (LoRA --merge-on-save:
+    model.save_merged), so the weights are gathered once."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -207,8 +219,9 @@ def save_checkpoint(run_dir: str, step: int, net, tokenizer, state: dict, optimi
 
     state = {k: v for k, v in state.items() if k != "optimizer"}
     if is_main():
+        extra = [write_shards] + ([lambda path: merged(path, weights)] if merged is not None else [])
         checkpoint.save(run_dir, step, net, tokenizer, state, keep, finite=finite, weights=weights,
-                        extra=[write_shards] if finite else [])
+                        extra=extra if finite else [])
     elif finite:
         write_shards(checkpoint.staging_dir(run_dir, step))
     barrier()

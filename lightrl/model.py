@@ -118,7 +118,10 @@ class Policy:
 def _decoder_output(net, mb):
     """The decoder's output (last_hidden_state post-norm) for mb. A sharded model is called through its
     root, whose FSDP hooks gather the embeddings and lm_head and keep them gathered for the loss;
-    logits_to_keep=[] leaves its logits empty."""
+    logits_to_keep=[] leaves its logits empty. An AdaptersOff reference runs its peft model, adapters off."""
+    if isinstance(net, AdaptersOff):
+        with net.peft_model.disable_adapter():
+            return _decoder_output(net.peft_model, mb)
     if not dist.is_sharded(net):
         return net.get_decoder()(input_ids=mb.ids, attention_mask=mb.attn, use_cache=False)
     box = []
@@ -176,13 +179,15 @@ def with_lora(model, cfg: Config, ckpt: str | None):
     if missing:
         raise UserError(f"--lora-targets {', '.join(missing)}: no such linear module in {cfg.model}; it has "
                         f"{', '.join(sorted(names))}")
+    # task_type: a causal-LM peft model, whose adapter_config.json names no base class (under torchrun
+    # the base's class is FSDP's subclass of it, which nothing could load).
     return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_targets)))
+                                            target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
 
 
 class AdaptersOff:
-    """The reference policy of a LoRA run: the policy's own modules with its adapters disabled for
-    each forward (what Policy.hidden / Policy.weight ask of a model)."""
+    """The reference policy of a LoRA run: the policy's own modules (sharded with it under torchrun)
+    with its adapters disabled for each forward (_decoder_output), so no second copy of the weights."""
 
     def __init__(self, peft_model):
         self.peft_model = peft_model
@@ -190,18 +195,28 @@ class AdaptersOff:
     def get_output_embeddings(self):
         return self.peft_model.get_output_embeddings()
 
-    def get_decoder(self):
-        decoder = self.peft_model.get_decoder()
 
-        def forward(**kw):
-            with self.peft_model.disable_adapter():
-                return decoder(**kw)
-        return forward
+def save_merged(policy, path: str, weights: dict | None = None) -> None:
+    """The LoRA policy merged into its base (a plain transformers model) and the tokenizer, in path.
 
-
-def save_merged(policy, path: str) -> None:
-    """The LoRA policy merged into its base (a plain transformers model) and the tokenizer, in path."""
-    merged = copy.deepcopy(policy.model).merge_and_unload()
+    weights: the peft model's whole state dict (under torchrun rank 0's dist.full_state_dict, since
+    its model holds shards; tied duplicates may be left out), else the policy's own. A copy of the
+    peft model is built on the meta device, takes these tensors, and peft merges it; safe_merge
+    writes each merged weight into a new tensor, so the tensors passed in are left as they were.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    peft_model, live = policy.model, policy.model.get_base_model()
+    weights = peft_model.state_dict() if weights is None else weights
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(copy.deepcopy(live.config))
+        twin = get_peft_model(base, copy.deepcopy(peft_model.peft_config[peft_model.active_adapter]))
+    base.generation_config = copy.deepcopy(live.generation_config)  # the checkpoint's own (EOS ids, sampling)
+    missing = twin.load_state_dict(weights, strict=False, assign=True).missing_keys
+    base.tie_weights()  # a tied lm_head left out of weights is the embedding again
+    if any(p.is_meta for p in twin.parameters()):
+        raise RuntimeError(f"save_merged: weights lack {sorted(missing)}")
+    merged = twin.merge_and_unload(safe_merge=True)
     merged.save_pretrained(path, safe_serialization=True)
     policy.tokenizer.save_pretrained(path)
 

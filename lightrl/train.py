@@ -65,7 +65,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
     device, engine_name, amp_dtype = model.setup(cfg)
     if dist.launched():  # torchrun: join the other ranks (lightrl.dist); rank 0's run directory is everyone's
         device = dist.init(device)
-        dist.check(cfg.prompts_per_step, cfg.lora_r, row)
+        dist.check(cfg.prompts_per_step, row)
         run_dir = dist.broadcast(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     if dist.is_main():
@@ -174,8 +174,9 @@ def save(run_dir: str, step: int, policy, critic, optimizer, scheduler, sampler,
     state = {"step": step, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": checkpoint.rng_state()}
     if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
+        merged = lambda path, w: model.save_merged(policy, os.path.join(path, "merged"), w)  # noqa: E731
         dist.save_checkpoint(run_dir, step, policy.model, policy.tokenizer, state, optimizer, cfg.keep_checkpoints,
-                             finite=finite)
+                             finite=finite, merged=merged if cfg.merge_on_save else None)
         return
     writers = [critic.save] if critic is not None else []
     writers += [policy.save_reference] if row.ref_refresh else []
