@@ -13,7 +13,8 @@ Under torchrun every rank
     place in the whole step, so the samples do not depend on the world size;
   trains the FSDP2-sharded policy (each decoder layer, then the root) on its kept sequences, with the
     loss denominators of the whole batch (`loss_scale`) and gradients summed, not averaged, across
-    ranks: each rank's loss is its share of the whole batch's, as for micro-batches;
+    ranks: each rank's loss is its share of the whole batch's, as for micro-batches; the norm for
+    gradient clipping comes from f64 squares (`clip_grad_norm`), the same in every world size;
   pads its micro-batches (`micro`) to the most any rank has, with masked-out fillers, since every
     FSDP forward and backward is a collective.
 Metrics are reduced across ranks (`step_metrics`) and written by rank 0 only.
