@@ -13,7 +13,8 @@ Under torchrun every rank
     place in the whole step, so the samples do not depend on the world size;
   trains the FSDP2-sharded policy (each decoder layer, then the root) on its kept sequences, with the
     loss denominators of the whole batch (`loss_scale`) and gradients summed, not averaged, across
-    ranks: each rank's loss is its share of the whole batch's, as for micro-batches;
+    ranks: each rank's loss is its share of the whole batch's, as for micro-batches; the norm for
+    gradient clipping comes from f64 squares (`clip_grad_norm`), the same in every world size;
   pads its micro-batches (`micro`) to the most any rank has, with masked-out fillers, since every
     FSDP forward and backward is a collective.
 Metrics are reduced across ranks (`step_metrics`) and written by rank 0 only.
@@ -178,11 +179,6 @@ def unsharded(net):
             m.set_reshard_after_forward(m is not _root(net), recurse=False)
 
 
-def full(t):
-    """A DTensor's whole value as a plain tensor (other tensors unchanged)."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
 def full_state_dict(net) -> dict:
     """net's whole state dict (plain CPU tensors) on rank 0, {} on the others; collective (torchrun only:
     save_checkpoint is its one caller)."""
@@ -345,6 +341,38 @@ def step_metrics(m: dict, samples: int, seqs: int) -> dict:
         v = maxima[k] if k in MAXIMA else sums[k] if k in SUMS else sums[k] / max(sums[per(k)], 1)
         out[k] = round(v) if isinstance(m[k], int) else v
     return out
+
+
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of params (plain or FSDP-sharded) so that their total L2 norm is at most
+    max_norm (inf: never); returns the norm before, a 0-d f32 tensor on the gradients' device.
+    The squares are summed in f64 and then over ranks, so one process and any number of ranks get the
+    same f32 norm and clip factor. (torch's clip_grad_norm_ sums f32 shard norms, in an order set by
+    the world size; that one-ulp difference reaches every weight through the factor, and AdamW turns
+    it into visible weight differences where a gradient sits near its eps.)"""
+    grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
+    device = grads[0].device if grads else _device
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    for g in grads:
+        for part in g.detach().flatten().split(1 << 24):  # bounds the f64 copy's memory
+            squares += part.double().square().sum()
+    if active():
+        tdist.all_reduce(squares)
+    norm = squares.sqrt().float()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # torch's clip_grad_norm_ factor, same float ops
+    for g in grads:
+        g.detach().mul_(coef)
+    return norm
+
+
+def first_micro_seqs(batch, n: int) -> int:
+    """How many of this rank's first sequences one process's first micro-batch of n would hold: the
+    whole step's batch is the ranks' batches in rank order. Collective; n without torchrun."""
+    if not active():
+        return n
+    counts = [None] * world()
+    tdist.all_gather_object(counts, batch.num_seqs)
+    return max(0, n - sum(counts[:rank()]))
 
 
 # ---- micro-batches ---------------------------------------------------------------------------

@@ -114,9 +114,9 @@ class HFEngine:
                  max_new_tokens: int, seed: int, first_seq: int | None = None, desc: str = "rollout",
                  return_logprobs: bool = False):
         """n completions per prompt; temperature 0 = greedy. Seeded, so reruns (and resumes) repeat.
-        first_seq: None seeds the call once; an int (under torchrun) seeds each chunk of batch_size
-        sequences by its index in the whole step, first_seq being this call's first, so that which
-        rank samples a chunk does not change its samples.
+        Each chunk of batch_size sequences is seeded by its place in the whole step, first_seq being
+        this call's first (under torchrun, this rank's share's place; None: 0, the whole step), so
+        that one process and any number of torchrun ranks draw the same samples for a chunk.
         return_logprobs: also the sampling log-prob of every completion token (a list of floats per
         completion), from the scores after the same processors the sampler used (temperature, top-p)."""
         from transformers import GenerationConfig
@@ -133,15 +133,13 @@ class HFEngine:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        # CPU generator state is global in transformers' sampling; seed it per call for exact resumes.
-        torch.manual_seed(seed)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft: LoRA
         out, logprobs, saved = [], [], base.generation_config
         base.generation_config = gen_cfg
         for start in tqdm(range(0, len(flat), self.batch_size), desc=desc, leave=False, disable=not self.progress):
             chunk = flat[start:start + self.batch_size]
-            if first_seq is not None:
-                torch.manual_seed(chunk_seed(seed, first_seq + start))
+            # CPU generator state is global in transformers' sampling; seeded per chunk for exact resumes.
+            torch.manual_seed(chunk_seed(seed, (first_seq or 0) + start))
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attn = torch.zeros((len(chunk), width), dtype=torch.long)

@@ -213,8 +213,7 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
         loss, loss_metrics, entropy = _backward(policy, batch, scale, cfg, row)
         if i == 0:
             metrics.update(entropy=entropy, **loss_metrics)
-        grad_norm = dist.full(torch.nn.utils.clip_grad_norm_(policy.model.parameters(),
-                                                             cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        grad_norm = dist.clip_grad_norm(policy.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if not (math.isfinite(loss) and torch.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)  # weights and optimizer state stay untouched
             return metrics, i > 0, f"non-finite loss ({loss}) or gradient norm ({grad_norm.item()})"
@@ -226,8 +225,10 @@ def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) 
 
 def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float, dict, float]:
     """The whole batch's loss gradient, one micro-batch at a time (each loss is already its share).
-    Returns (loss, loss metrics over the batch, policy entropy on the first micro-batch)."""
+    Returns (loss, loss metrics over the batch, policy entropy on the first micro-batch; under torchrun,
+    on the sequences one process's first micro-batch would hold)."""
     loss_total, calls, entropy = 0.0, [], None
+    head = dist.first_micro_seqs(batch, cfg.micro_batch)
     for mb, real in tqdm(dist.micro(batch, cfg.micro_batch), desc="update", leave=False,
                          disable=not show_bars(cfg.progress)):
         hidden = policy.hidden(policy.model, mb)
@@ -239,13 +240,15 @@ def _backward(policy, batch: StepBatch, scale, cfg: Config, row) -> tuple[float,
             mb.extras.get("advantages", mb.advantages), mb.mask, mb.seq_index, row, temperature=cfg.temperature,
             scale=scale, backend=cfg.backend)
         if entropy is None:
-            entropy = policy.entropy(hidden, mb)
+            first = dataclasses.replace(mb, mask=mb.mask & (mb.seq_index < head))
+            entropy = (policy.entropy(hidden, first) if head else 0.0, int(first.mask.sum()))
         loss.backward()
         loss_total += loss.item()
         calls.append((metrics, mb.tokens))
-    if dist.active():  # the whole batch's loss and metrics; entropy: the mean of the ranks' first micro-batches
+    entropy, entropy_tokens = entropy or (0.0, 0)
+    if dist.active():  # the whole batch's loss and metrics
         return (dist.total(loss_total), dist.loss_metrics(merge_metrics(calls), sum(t for _, t in calls)),
-                dist.total(entropy or 0.0) / dist.world())
+                dist.total(entropy * entropy_tokens) / max(dist.total(entropy_tokens), 1))
     return loss_total, merge_metrics(calls), entropy
 
 

@@ -16,18 +16,27 @@ from lightrl.logs import read_metrics
 
 def torchrun(n: int, out_dir, *args, timeout: float = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node n -m lightrl.run ARGS` (CPU) in a subprocess."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-           "-m", "lightrl.run", "--device", "cpu", "--no-progress", "--out-dir", str(out_dir), *args]
+    return _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)], out_dir, args, timeout)
+
+
+def plain(out_dir, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m lightrl.run ARGS` (CPU, no torchrun) in a subprocess."""
+    return _run([], out_dir, args, timeout)
+
+
+def _run(launcher: list[str], out_dir, args, timeout: float) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *launcher, "-m", "lightrl.run", "--device", "cpu", "--no-progress", "--out-dir",
+           str(out_dir), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def small_args(model: str, name: str, *extra: str) -> list[str]:
+def small_args(model: str, name: str, *extra: str, prompts: int = 4, group: int = 4, micro: int = 4) -> list[str]:
     # 4 prompts x 4 completions, micro-batches of 4: each of 2 ranks samples whole chunks of the
     # 1-process step, so both see the same completions.
     return ["--model", model, "--instruction", "", "--eval-data", "", "--run-name", name, "--steps", "3",
-            "--prompts-per-step", "4", "--group-size", "4", "--micro-batch", "4", "--max-new-tokens", "6",
-            "--save-every", "1", "--keep-checkpoints", "3", *extra]
+            "--prompts-per-step", str(prompts), "--group-size", str(group), "--micro-batch", str(micro),
+            "--max-new-tokens", "6", "--save-every", "1", "--keep-checkpoints", "3", *extra]
 
 
 CASES = {  # one row per loss aggregate; reinforce-rej filters groups, so ranks keep different counts
@@ -41,31 +50,35 @@ CASES = {  # one row per loss aggregate; reinforce-rej filters groups, so ranks 
 @pytest.mark.slow
 @pytest.mark.parametrize("aggregate", list(CASES))
 def test_two_processes_equal_one(aggregate, warm_model, tmp_path):
+    # 2 prompts x 8 completions, micro-batches of 8: each rank holds one group, which is one of the plain
+    # run's micro-batches (a filtered group leaves that rank a zero-gradient filler), so every float sum
+    # is the plain run's, in its order: the same samples (rollout chunks are seeded by their place in the
+    # step), the same micro-batch gradients, their sum across ranks (a + b, as one process accumulates
+    # them), the grad norm from f64 squares (lightrl.dist.clip_grad_norm). Measured: bitwise equal weights.
+    # With two micro-batches per rank the sums run in another order, ((g0 + g2) + (g1 + g3)) against
+    # (((g0 + g1) + g2) + g3): the step-1 weights then differ by 8e-7, and after 3 steps by 1e-4 in a few
+    # k_proj weights whose step-1 gradients (1e-9 .. 1e-8) sit at AdamW's eps (1e-8), where it scales
+    # rounding noise up to a step of lr's size; that is fp32 addition order, not a reduction bug.
+    args = small_args(warm_model, "r", *CASES[aggregate], prompts=2, group=8, micro=8)
     runs = {}
-    for n in (1, 2):
-        done = torchrun(n, tmp_path / str(n), *small_args(warm_model, "r", *CASES[aggregate]))
+    for n, done in (1, plain(tmp_path / "1", *args)), (2, torchrun(2, tmp_path / "2", *args)):
         assert done.returncode == 0, done.stderr[-3000:]
         run = tmp_path / str(n) / "r"
         runs[n] = (read_metrics(str(run / "metrics.jsonl")),
-                   [load_file(str(run / f"checkpoints/step_00000{s}/model.safetensors")) for s in (1, 3)])
-        assert json.loads((run / "config.json").read_text())["prompts_per_step"] == 4
+                   [load_file(str(run / f"checkpoints/step_00000{s}/model.safetensors")) for s in (1, 2, 3)])
+        assert json.loads((run / "config.json").read_text())["prompts_per_step"] == 2
     (m1, w1), (m2, w2) = runs[1], runs[2]
-    assert [r["step"] for r in m2] == [1, 2, 3]
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2, 3]
     assert any(abs(r["loss"]) > 1e-4 for r in m1), "no learning signal: the comparison would be vacuous"
     for a, b in zip(m1, m2):
-        assert a["samples"] == b["samples"] == 16 and a["groups"] == b["groups"]
-        for k in ("loss", "reward_mean", "accuracy", "kept_frac", "completion_len_mean", "grad_norm"):
+        assert a["samples"] == b["samples"] == 16 and a["groups"] == b["groups"] and not a["skipped"]
+        for k in ("loss", "reward_mean", "accuracy", "kept_frac", "completion_len_mean", "grad_norm", "entropy"):
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), (a["step"], k)
-    # After one update the weights agree to float rounding (measured: 3e-8). Later steps drift apart
-    # by up to ~3e-5 in a few dozen q/k weights whose gradients sit at AdamW's eps (1e-8), where the
-    # update g / (sqrt(v) + eps) is linear in g: one process resumed from the two step-1 states
-    # (3e-8 apart) ends step 2 6.8e-6 apart too, so that is the optimizer's sensitivity, not the ranks'.
-    (first1, last1), (first2, last2) = w1, w2
-    assert sorted(last1) == sorted(last2)
-    assert max(float((first1[k] - first2[k]).abs().max()) for k in first1) < 1e-6
-    assert max(float((last1[k] - last2[k]).abs().max()) for k in last1) < 1e-4
+    for step, (one, two) in enumerate(zip(w1, w2), 1):
+        assert sorted(one) == sorted(two)
+        assert max(float((one[k] - two[k]).abs().max()) for k in one) == 0.0, f"weights differ after step {step}"
     start = load_file(os.path.join(warm_model, "model.safetensors"))
-    assert max(float((last1[k] - start[k]).abs().max()) for k in last1) > 1e-3, "the weights did not move"
+    assert max(float((w1[-1][k] - start[k]).abs().max()) for k in start) > 1e-3, "the weights did not move"
 
 
 @pytest.mark.slow
@@ -92,7 +105,41 @@ def test_single_process_functions_pass_through():
     m = {"reward_mean": 0.25, "samples": 16}
     assert dist.step_metrics(m, samples=16, seqs=16) is m
     assert dist.total(2.5) == 2.5 and dist.any_true(False) is False and dist.all_true(True) is True
-    assert dist.shard_rows([1, 2, 3]) == ([1, 2, 3], None)
+    assert dist.shard_rows([1, 2, 3]) == ([1, 2, 3], None) and dist.first_micro_seqs(None, 8) == 8
+
+
+def test_a_step_samples_the_same_split_over_ranks_or_not(warm_model):
+    # Rollout chunks are seeded by their place in the step: the plain call's samples are the
+    # concatenation of what two ranks draw for their halves (first_seq: each half's first sequence).
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightrl.rollout import HFEngine
+    model, tok = AutoModelForCausalLM.from_pretrained(warm_model), AutoTokenizer.from_pretrained(warm_model)
+    engine = HFEngine(model, tok, batch_size=4, stop_ids=[tok.eos_token_id], progress=False)
+    prompts = [tok(q)["input_ids"] for q in ("3+4=", "9+9=", "1+8=", "5+0=")]
+    sample = lambda ps, first: engine.generate(ps, 4, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=5,  # noqa: E731
+                                               first_seq=first)
+    whole = sample(prompts, None)
+    assert sample(prompts[:2], 0) + sample(prompts[2:], 8) == whole
+    assert sample(prompts[2:], 0) != whole[8:], "the halves' samples do not depend on their place"
+
+
+def test_clip_grad_norm_is_torchs_from_f64_squares():
+    def params():
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(n)) for n in (3, 50, 7)]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 3
+        return ps
+    ours, torchs = params(), params()
+    norm = dist.clip_grad_norm(ours, 2.0)
+    assert norm.dtype == torch.float32 and norm > 2
+    assert float(norm) == pytest.approx(float(torch.nn.utils.clip_grad_norm_(torchs, 2.0)), rel=1e-6)
+    for a, b in zip(ours, torchs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+    clipped = [p.grad.clone() for p in ours]
+    assert float(dist.clip_grad_norm(ours, float("inf"))) == pytest.approx(2.0, rel=1e-5)  # inf: measured only
+    assert all(torch.equal(p.grad, g) for p, g in zip(ours, clipped))
 
 
 @pytest.mark.slow
