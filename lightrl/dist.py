@@ -179,6 +179,11 @@ def unsharded(net):
             m.set_reshard_after_forward(m is not _root(net), recurse=False)
 
 
+def full(t):
+    """A DTensor's whole value as a plain tensor (other tensors unchanged); collective for a DTensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def full_state_dict(net) -> dict:
     """net's whole state dict (plain CPU tensors) on rank 0, {} on the others; collective (torchrun only:
     save_checkpoint is its one caller)."""

@@ -34,6 +34,7 @@ logits); given the batch's denominators, each micro-batch's loss is its share of
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
