@@ -183,12 +183,12 @@ def train(cfg: Config, start: Start | None = None) -> str:
             state = {"step": done, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": checkpoint.rng_state()}
+            writers = [critic.save] if critic is not None else []
+            writers += [policy.save_reference] if row.ref_refresh else []
             if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
                 dist.save_checkpoint(run_dir, done, policy.model, policy.tokenizer, state, optimizer,
-                                     cfg.keep_checkpoints, finite=not nonfinite)
+                                     cfg.keep_checkpoints, finite=not nonfinite, collective=writers)
             else:
-                writers = [critic.save] if critic is not None else []
-                writers += [policy.save_reference] if row.ref_refresh else []
                 if cfg.merge_on_save:  # LoRA: base + adapters as one plain model, beside the adapters
                     writers.append(lambda path: model.save_merged(policy, os.path.join(path, "merged")))
                 checkpoint.save(run_dir, done, policy.model, policy.tokenizer, state, cfg.keep_checkpoints,
@@ -292,7 +292,7 @@ def per_token_advantages(batch: StepBatch, critic, cfg: Config, row) -> None:
     if row.token_advantages:
         values = critic.values(batch, cfg.micro_batch) if critic is not None else None
         adv, returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row, kl=batch.extras.get("kl"),
-                                        values=values, backend=cfg.backend)
+                                        values=values, backend=cfg.backend, reduce=dist.total_tensor)
         if critic is not None:
             batch.extras.update(old_values=values, returns=returns)
     else:
@@ -346,8 +346,12 @@ def dpo_coefficients(policy, batch: StepBatch, sign, scale, cfg: Config, row) ->
     sequences, which may sit in different micro-batches, so it must be known before any of their
     losses. sign [S]: +1 chosen, -1 rejected. Returns the pair metrics (dpo_loss, ...)."""
     logp = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    pairs = int(dist.total(torch.unique(batch.group).numel()))  # the whole batch's (every rank's)
     coef, metrics = pair_coefficients(logp, batch.extras["ref_logp"], batch.mask, batch.seq_index, sign, batch.group,
-                                      beta=row.dpo_beta, seqs=scale.seqs)
+                                      beta=row.dpo_beta, seqs=scale.seqs, pairs=pairs)
+    if dist.active():  # means over every rank's pairs
+        local = metrics.pop("pairs")
+        metrics = {**dist.loss_metrics(metrics, local), "pairs": pairs}
     batch.extras["advantages"] = coef[batch.seq_index]
     return metrics
 
