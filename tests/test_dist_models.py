@@ -13,9 +13,10 @@ from lightrl.kernels.advantage_torch import whiten
 from lightrl.logs import read_metrics
 from tests.test_dist import small_args, torchrun
 
-ROWS = {  # the reference is refreshed after step 2, so step 3 and a resume at step 2 depend on it
+ROWS = {  # (flags, the model's checkpoint subdirectory, its metrics)
     "ppo": (["--algo", "ppo"], "critic", ("critic_loss", "critic_grad_norm", "critic_clip_frac", "value_mean",
                                           "kl_mean")),
+    # The reference is refreshed after step 2, so step 3 and a resume at step 2 depend on the refresh.
     "iterative-dpo": (["--algo", "iterative-dpo", "--set", "ref_refresh=2"], "reference",
                       ("dpo_loss", "dpo_margin", "dpo_accuracy")),
 }
