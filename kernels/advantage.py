@@ -50,7 +50,7 @@ def group_advantages(rewards, group, row, *, lengths=None, shaping=None, backend
     return advantage_torch.group_advantages_torch(rewards, gid, num_groups, row, lengths, shaping)
 
 
-def token_advantages(advantages, seq_index, mask, row, *, kl=None, values=None, backend="auto"):
+def token_advantages(advantages, seq_index, mask, row, *, kl=None, values=None, backend="auto", reduce=None):
     """Per-token advantages and value targets of ``row`` from per-sequence advantages, by GAE.
 
     Each sequence's advantage is the reward of its last mask token; with row.kl_per_token every
@@ -59,7 +59,8 @@ def token_advantages(advantages, seq_index, mask, row, *, kl=None, values=None, 
     advantages over the mask tokens. With gamma = lam = 1 and no critic this is the return-to-go
     A_t = a_s - kl_coef * sum_{i >= t} k_i (REINFORCE++).
     advantages [S] f32 (group_advantages'), seq_index [N] int64 non-decreasing in [0, S), mask [N]
-    bool, kl [N] f32 (needed when row.kl_per_token and kl_coef > 0), values [N] f32 or None.
+    bool, kl [N] f32 (needed when row.kl_per_token and kl_coef > 0), values [N] f32 or None,
+    reduce: sums a tensor over every process (torchrun), so that whitening is over the whole batch.
     Returns (advantages [N] f32, returns [N] f32), 0 outside the mask. Math in advantage_torch.py.
     """
     n = seq_index.shape[0]
@@ -78,26 +79,28 @@ def token_advantages(advantages, seq_index, mask, row, *, kl=None, values=None, 
     adv, returns = gae(rewards, torch.zeros_like(rewards) if values is None else values, mask, seq_index,
                        gamma=row.gae_gamma, lam=row.gae_lambda, num_seqs=advantages.numel(), backend=backend)
     if row.whiten:
-        adv = advantage_torch.whiten(adv, mask, row.std_eps)
+        adv = advantage_torch.whiten(adv, mask, row.std_eps, reduce)
     return adv, returns
 
 
-def pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, *, beta: float, seqs: int):
+def pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, *, beta: float, seqs: int,
+                      pairs: int | None = None):
     """DPO as per-sequence coefficients for fused_policy_loss (ratio "none", seq_mean_token_sum).
 
     logp, ref_logp [N] f32 (the policy's and the reference's log-probs, no gradient), mask [N]
     bool, seq_index [N] int64 non-decreasing in [0, S), sign [S] (+1 chosen, -1 rejected:
     group_advantages' output for a pairs row, after keeping the paired samples), group [S] int64
-    (one chosen and one rejected per group), seqs: the loss' S' (LossScale.seqs).
-    Returns (coefficients [S] f32, metrics: dpo_loss (mean over pairs of -log sigmoid(z)),
-    dpo_accuracy (pairs with D_chosen > D_rejected), dpo_margin (mean D_chosen - D_rejected),
-    pairs). Passed as the advantages, they give exactly the DPO loss' gradient. Math in
+    (one chosen and one rejected per group), seqs: the loss' S' (LossScale.seqs), pairs: the
+    batch's pair count when these are a part of it (torchrun: every rank's; None: these groups).
+    Returns (coefficients [S] f32, metrics over these pairs: dpo_loss (mean over pairs of
+    -log sigmoid(z)), dpo_accuracy (pairs with D_chosen > D_rejected), dpo_margin (mean D_chosen -
+    D_rejected), pairs). Passed as the advantages, they give exactly the DPO loss' gradient. Math in
     advantage_torch.py.
     """
     s = sign.numel()
     if group.shape != (s,) or bool((torch.bincount(torch.unique(group, return_inverse=True)[1]) != 2).any()):
         raise ValueError("pair_coefficients needs exactly two sequences (a chosen and a rejected) per group")
-    return advantage_torch.pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, beta, seqs)
+    return advantage_torch.pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, beta, seqs, pairs)
 
 
 def rollout_weights(old_logp, rollout_logp, mask, seq_index, row):

@@ -177,12 +177,14 @@ def token_rewards(advantages, seq_index, mask, row, kl=None):
     return torch.where(mask, r, 0.0)
 
 
-def whiten(a, mask, eps: float):
-    """(a - mean) / (unbiased std + eps) over the mask entries of a [N] f32; 0 elsewhere."""
+def whiten(a, mask, eps: float, reduce=None):
+    """(a - mean) / (unbiased std + eps) over the mask entries of a [N] f32; 0 elsewhere. reduce: sums
+    a tensor over every process (torchrun), so that mean and std are the whole batch's; None: this one."""
+    reduce = reduce or (lambda t: t)
     mf = mask.float()
-    n = mf.sum()
-    mean = (a * mf).sum() / n.clamp(min=1.0)
-    std = (((a - mean) ** 2 * mf).sum() / (n - 1.0).clamp(min=1.0)).sqrt()
+    n, total = reduce(torch.stack([mf.sum(), (a * mf).sum()]))
+    mean = total / n.clamp(min=1.0)
+    std = (reduce(((a - mean) ** 2 * mf).sum()) / (n - 1.0).clamp(min=1.0)).sqrt()
     return torch.where(mask, (a - mean) / (std + eps), 0.0)
 
 
@@ -207,10 +209,11 @@ def preference_pairs(rewards, gid, num_groups: int, row, lengths=None):
     return chosen.float() - rejected.float(), chosen | rejected
 
 
-def pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, beta: float, seqs: int):
+def pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, beta: float, seqs: int, pairs=None):
     """(coefficients [S] f32, metrics) for sequences of which each group holds one chosen (sign +1) and
     one rejected (sign -1). logp, ref_logp [N], mask [N] bool, seq_index [N] int64 in [0, S), sign [S],
-    group [S] int64, seqs: S' of the loss (its sequences with a mask token)."""
+    group [S] int64, seqs: S' of the loss (its sequences with a mask token), pairs: the loss' pair
+    count (None: these groups')."""
     num_seqs = sign.numel()
     d = torch.zeros(num_seqs, dtype=torch.float64, device=logp.device).index_add_(
         0, seq_index, torch.where(mask, logp.double() - ref_logp.double(), 0.0))
@@ -218,7 +221,7 @@ def pair_coefficients(logp, ref_logp, mask, seq_index, sign, group, beta: float,
     num_pairs = int(pair.max()) + 1 if num_seqs else 0
     margin = torch.zeros(num_pairs, dtype=torch.float64, device=logp.device).index_add_(0, pair, sign.double() * d)
     z = beta * margin
-    coef = sign.double() * beta * torch.sigmoid(-z)[pair] * (seqs / max(num_pairs, 1))
+    coef = sign.double() * beta * torch.sigmoid(-z)[pair] * (seqs / max(num_pairs if pairs is None else pairs, 1))
     metrics = {"dpo_loss": float(torch.nn.functional.softplus(-z).mean()) if num_pairs else 0.0,
                "dpo_accuracy": float((margin > 0).double().mean()) if num_pairs else 0.0,
                "dpo_margin": float(margin.mean()) if num_pairs else 0.0, "pairs": num_pairs}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from lightrl import dist
 from lightrl.batch import StepBatch
 from lightrl.config import Config
@@ -74,7 +76,7 @@ def per_token_advantages(batch: StepBatch, critic, cfg: Config, row) -> None:
     if row.token_advantages:
         values = critic.values(batch, cfg.micro_batch) if critic is not None else None
         adv, returns = token_advantages(batch.advantages, batch.seq_index, batch.mask, row, kl=batch.extras.get("kl"),
-                                        values=values, backend=cfg.backend)
+                                        values=values, backend=cfg.backend, reduce=dist.total_tensor)
         if critic is not None:
             batch.extras.update(old_values=values, returns=returns)
     else:
@@ -90,8 +92,12 @@ def dpo_coefficients(policy, batch: StepBatch, sign, scale, cfg: Config, row) ->
     sequences, which may sit in different micro-batches, so it must be known before any of their
     losses. sign [S]: +1 chosen, -1 rejected. Returns the pair metrics (dpo_loss, ...)."""
     logp = policy.logprobs(policy.model, batch, cfg.micro_batch)
+    pairs = int(dist.total(torch.unique(batch.group).numel()))  # the whole batch's (every rank's)
     coef, metrics = pair_coefficients(logp, batch.extras["ref_logp"], batch.mask, batch.seq_index, sign, batch.group,
-                                      beta=row.dpo_beta, seqs=scale.seqs)
+                                      beta=row.dpo_beta, seqs=scale.seqs, pairs=pairs)
+    if dist.active():  # means over every rank's pairs
+        local = metrics.pop("pairs")
+        metrics = {**dist.loss_metrics(metrics, local), "pairs": pairs}
     batch.extras["advantages"] = coef[batch.seq_index]
     return metrics
 

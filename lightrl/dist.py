@@ -11,10 +11,11 @@ Under torchrun every rank
   generates with its own full copy of the weights (`unsharded`), so ranks need not agree on the
     number of forward passes while sampling; rollout seeds are per chunk of sequences, by the chunk's
     place in the whole step, so the samples do not depend on the world size;
-  trains the FSDP2-sharded policy (each decoder layer, then the root) on its kept sequences, with the
-    loss denominators of the whole batch (`loss_scale`) and gradients summed, not averaged, across
-    ranks: each rank's loss is its share of the whole batch's, as for micro-batches; the norm for
-    gradient clipping comes from f64 squares (`clip_grad_norm`), the same in every world size;
+  trains the FSDP2-sharded policy (each decoder layer, then the root; the reference and a critic
+    are sharded alike) on its kept sequences, with the loss denominators of the whole batch
+    (`loss_scale`) and gradients summed, not averaged, across ranks: each rank's loss is its share
+    of the whole batch's, as for micro-batches; the norm for gradient clipping comes from f64
+    squares (`clip_grad_norm`), the same in every world size;
   pads its micro-batches (`micro`) to the most any rank has, with masked-out fillers, since every
     FSDP forward and backward is a collective.
 Metrics are reduced across ranks (`step_metrics`) and written by rank 0 only.
@@ -90,12 +91,8 @@ def close() -> None:
         tdist.destroy_process_group()
 
 
-def check(prompts_per_step: int, row) -> None:
-    """Refuse a step that cannot split into whole groups, the same number on every rank, and rows with a
-    critic or a refreshed reference (their models are not sharded yet)."""
-    if active() and (row.critic or row.ref_refresh):
-        raise UserError("rows with a critic (ppo) or a refreshed reference (iterative-dpo) are not supported "
-                        "under torchrun yet (that model is not sharded); run them in one process")
+def check(prompts_per_step: int) -> None:
+    """Refuse a step that cannot split into whole groups, the same number on every rank."""
     if active() and prompts_per_step % world():
         raise UserError(f"--prompts-per-step {prompts_per_step} does not split over {world()} processes; "
                          f"pass a multiple of {world()} (each rank samples whole groups)")
@@ -143,6 +140,14 @@ def shard(net: torch.nn.Module, amp_dtype: torch.dtype | None) -> torch.nn.Modul
     return net
 
 
+def reshard(net) -> None:
+    """Every FSDP module of net back to its shards (a root may still hold its gathered parameters)."""
+    from torch.distributed.fsdp import FSDPModule
+    for m in net.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def shard_policy(policy) -> None:
     """Shard the policy and its reference (when there is one) in place; before the optimizer exists.
     A LoRA run's reference (model.AdaptersOff, not a module) is the policy's own modules: sharded with it."""
@@ -184,9 +189,13 @@ def full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def local(t):
+    """A DTensor's shard on this rank, a view that writes through (other tensors unchanged)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def full_state_dict(net) -> dict:
-    """net's whole state dict (plain CPU tensors) on rank 0, {} on the others; collective (torchrun only:
-    save_checkpoint is its one caller)."""
+    """net's whole state dict (plain CPU tensors) on rank 0, {} on the others; collective (torchrun only)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # A tied parameter (lm_head = input embedding) comes back under both names; keep the first, as
@@ -199,24 +208,24 @@ def full_state_dict(net) -> dict:
 
 
 def save_checkpoint(run_dir: str, step: int, net, tokenizer, state: dict, optimizer, keep: int,
-                    finite: bool, merged: Callable[[str, dict], None] | None = None) -> None:
+                    finite: bool, merged: Callable[[str, dict], None] | None = None, collective=()) -> None:
     """checkpoint.save under torchrun; collective. Rank 0 writes the whole model (+ config, tokenizer;
     a peft model: its adapters, as in one process) and trainer_state.pt (state less its "optimizer");
     every rank writes its optimizer shard into optimizer/ with torch.distributed.checkpoint, inside
     the staging directory, so the checkpoint still appears whole or not at all. merged(path, weights):
     rank 0 writes more into the staging directory from the gathered state dict (LoRA --merge-on-save:
-    model.save_merged), so the weights are gathered once."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
+    model.save_merged), so the weights are gathered once. collective: functions of the staging
+    directory that every rank calls next, in order (each gathers what it saves, and rank 0 writes it:
+    Critic.save, Policy.save_reference)."""
     from lightrl import checkpoint
     weights = full_state_dict(net)
     finite = all_true(finite and checkpoint.weights_finite(p.to_local() for p in net.parameters()))
-    shards = {"optimizer": get_optimizer_state_dict(net, optimizer)}
 
     def write_shards(path: str) -> None:
         barrier()  # rank 0 has made the staging directory (and removed stale ones)
-        dcp.save(shards, checkpoint_id=os.path.join(path, OPTIMIZER_SHARDS))
+        save_optimizer(net, optimizer, path)
+        for write in collective:
+            write(path)
 
     state = {k: v for k, v in state.items() if k != "optimizer"}
     if is_main():
@@ -228,9 +237,19 @@ def save_checkpoint(run_dir: str, step: int, net, tokenizer, state: dict, optimi
     barrier()
 
 
+def save_optimizer(net, optimizer, path: str) -> None:
+    """Every rank's shard of optimizer (over net's parameters) into path/optimizer/ with
+    torch.distributed.checkpoint; collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    dcp.save({"optimizer": get_optimizer_state_dict(net, optimizer)},
+             checkpoint_id=os.path.join(path, OPTIMIZER_SHARDS))
+
+
 def load_optimizer_state(net, optimizer, ckpt: str, state: dict) -> None:
-    """The optimizer state of checkpoint ckpt: its optimizer/ shards (saved under torchrun; they load
-    with any number of processes, or none), else trainer_state.pt's (state, saved by one process)."""
+    """The optimizer state saved in directory ckpt (a checkpoint, or its critic/): its optimizer/ shards
+    (saved under torchrun; they load with any number of processes, or none), else state["optimizer"]
+    (trainer_state.pt's or critic/state.pt's, saved by one process)."""
     shards = os.path.join(ckpt, OPTIMIZER_SHARDS)
     if not os.path.isdir(shards) and not active():
         optimizer.load_state_dict(state["optimizer"])
@@ -298,6 +317,15 @@ def _all_reduce(values: list[float], op) -> list[float]:
 def total(x: float) -> float:
     """x summed over ranks."""
     return x if not active() else _all_reduce([float(x)], tdist.ReduceOp.SUM)[0]
+
+
+def total_tensor(t: torch.Tensor) -> torch.Tensor:
+    """t summed over ranks, a new tensor (t itself without torchrun)."""
+    if not active():
+        return t
+    t = t.clone()
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
 
 
 def loss_scale(scale: LossScale) -> LossScale:

@@ -100,12 +100,20 @@ class Policy:
 
     @torch.no_grad()
     def refresh_reference(self) -> None:
-        """The reference becomes a copy of the current policy (iterative DPO's new iteration)."""
-        self.ref_model.load_state_dict(self.model.state_dict())
+        """The reference becomes a copy of the current policy (iterative DPO's new iteration). Under
+        torchrun each rank copies its shards: the two models are sharded alike."""
+        for net in (self.model, self.ref_model):
+            dist.reshard(net)  # every parameter is its shard (a root may still be gathered)
+        for p, ref in zip(self.model.parameters(), self.ref_model.parameters(), strict=True):
+            dist.local(ref).copy_(dist.local(p))
 
     def save_reference(self, ckpt_dir: str) -> None:
-        """Write the reference to ckpt_dir/reference/ (rows that refresh it: a resume needs it)."""
-        self.ref_model.save_pretrained(os.path.join(ckpt_dir, REFERENCE), safe_serialization=True)
+        """Write the reference to ckpt_dir/reference/ (rows that refresh it: a resume needs it). Under
+        torchrun every rank calls it (collective): the weights are gathered for rank 0 to write."""
+        weights = dist.full_state_dict(self.ref_model) if dist.is_sharded(self.ref_model) else None
+        if dist.is_main():
+            self.ref_model.save_pretrained(os.path.join(ckpt_dir, REFERENCE), safe_serialization=True,
+                                           state_dict=weights)
 
     @torch.no_grad()
     def entropy(self, hidden, mb) -> float:

@@ -66,7 +66,7 @@ def train(cfg: Config, start: Start | None = None) -> str:
     device, engine_name, amp_dtype = model.setup(cfg)
     if dist.launched():  # torchrun: join the other ranks (lightrl.dist); rank 0's run directory is everyone's
         device = dist.init(device)
-        dist.check(cfg.prompts_per_step, row)
+        dist.check(cfg.prompts_per_step)
         run_dir = dist.broadcast(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     if dist.is_main():
@@ -174,18 +174,17 @@ def save(run_dir: str, step: int, policy, critic, optimizer, scheduler, sampler,
     LoRA model). finite: the step was finite (no checkpoint is written from a non-finite one)."""
     state = {"step": step, "bad_in_a_row": bad_in_a_row, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": checkpoint.rng_state()}
-    if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard
-        merged = lambda path, w: model.save_merged(policy, os.path.join(path, "merged"), w)  # noqa: E731
-        dist.save_checkpoint(run_dir, step, policy.model, policy.tokenizer, state, optimizer, cfg.keep_checkpoints,
-                             finite=finite, merged=merged if cfg.merge_on_save else None)
-        return
     writers = [critic.save] if critic is not None else []
     writers += [policy.save_reference] if row.ref_refresh else []
+    if dist.active():  # rank 0 writes the whole model, every rank its optimizer shard (and the writers theirs)
+        merged = lambda path, w: model.save_merged(policy, os.path.join(path, "merged"), w)  # noqa: E731
+        dist.save_checkpoint(run_dir, step, policy.model, policy.tokenizer, state, optimizer, cfg.keep_checkpoints,
+                             finite=finite, merged=merged if cfg.merge_on_save else None, collective=writers)
+        return
     if cfg.merge_on_save:  # LoRA: base + adapters as one plain model, beside the adapters
         writers.append(lambda path: model.save_merged(policy, os.path.join(path, "merged")))
     checkpoint.save(run_dir, step, policy.model, policy.tokenizer, state, cfg.keep_checkpoints, finite=finite,
                     extra=writers)
-
 
 def update_policy(policy, optimizer, batch: StepBatch, scale, cfg: Config, row) -> tuple[dict, bool, str | None]:
     """Old / reference log-probs without gradient, then cfg.updates_per_batch optimizer steps on batch.
