@@ -105,8 +105,7 @@ class Critic:
                 loss_total += loss.item()
                 clipped += n_clip
             loss_total, clipped = dist.total(loss_total), dist.total(clipped)
-            grad_norm = dist.full(torch.nn.utils.clip_grad_norm_(
-                self.net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+            grad_norm = dist.clip_grad_norm(self.net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
                 self.optimizer.zero_grad(set_to_none=True)
                 return {**metrics, "critic_skipped": 1}
