@@ -8,8 +8,8 @@ machine's cores, so the figures show the overhead of sharding and all-reduces, n
 speed-up; with N GPUs (--device cuda --procs 1,2,4,8) the efficiency is the number to watch
 (goal: >= 0.9 for the update phase). Each run is a fresh `torchrun --standalone` of
 `python -m lightrl.run` on the tiny model; the first step (warm-up) is left out of the medians.
-Full fine-tuning vs LoRA (--lora-r, 0 = skip) is compared in one process without torchrun:
-rows "plain full" and "plain lora".
+Every process count runs full fine-tuning and LoRA (--lora-r; 0 = full fine-tuning only); each
+kind's efficiency is against its own one-process run.
 """
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-per-step", type=int, default=16, help="global prompts per step")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=32)
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank of the plain-process comparison (0 = skip)")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank of the LoRA runs (0 = skip them)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/scale-<device>-<date>.json)")
 
 
-def _run(n: int, args, out_dir: str, lora_r: int | None = None) -> dict:
-    """n processes under torchrun; lora_r not None: one plain process (0: full fine-tuning)."""
-    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if lora_r is None else []
+def _run(n: int, args, out_dir: str, lora_r: int) -> dict:
+    """n processes under torchrun; lora_r 0: full fine-tuning."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
     lora = ["--lora-r", str(lora_r)] if lora_r else []
     cmd = [sys.executable, *torchrun, "-m", "lightrl.run", *lora, "--device", args.device, "--no-progress",
            "--out-dir", out_dir, "--run-name", "r", "--eval-data", "", "--warm-start-steps", "100",
@@ -46,13 +46,13 @@ def _run(n: int, args, out_dir: str, lora_r: int | None = None) -> dict:
            "--micro-batch", str(args.micro_batch)]
     done = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
-    setup = f"torchrun x{n}" if lora_r is None else f"plain lora r={lora_r}" if lora_r else "plain full"
+    setup = f"x{n} lora r={lora_r}" if lora_r else f"x{n} full"
     if done.returncode != 0:
         raise RuntimeError(f"{setup} failed:\n{done.stderr[-2000:]}")
     with open(os.path.join(out_dir, "r", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f][1:]  # step 1: warm-up
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
-    return {"setup": setup, "procs": n, "step_s": med("step_time"), "rollout_s": med("rollout_time"),
+    return {"setup": setup, "procs": n, "lora_r": lora_r, "step_s": med("step_time"), "rollout_s": med("rollout_time"),
             "update_s": med("update_time"),
             "tokens_per_s": med("tokens_per_s"), "peak_mem_gb_per_process": max(r["peak_mem_gb"] for r in rows),
             "loss_last": rows[-1].get("loss"), "reward_mean_last": rows[-1]["reward_mean"]}
@@ -63,14 +63,12 @@ def main(args) -> None:
     load_before = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in procs:
-            results.append(_run(n, args, os.path.join(tmp, str(n))))
-        base = next((r for r in results if r["procs"] == 1), None)
-        for r in results:
-            r["update_efficiency"] = base["update_s"] / (r["procs"] * r["update_s"]) if base else None
-        if args.lora_r:
-            for r in (0, args.lora_r):
-                results.append(dict(_run(1, args, os.path.join(tmp, f"plain{r}"), lora_r=r), update_efficiency=None))
+        for lora_r in sorted({0, args.lora_r}):
+            runs = [_run(n, args, os.path.join(tmp, f"{n}-{lora_r}"), lora_r) for n in procs]
+            base = next((r for r in runs if r["procs"] == 1), None)
+            for r in runs:
+                r["update_efficiency"] = base["update_s"] / (r["procs"] * r["update_s"]) if base else None
+            results += runs
     print(f"{'setup':<16} {'step s':>8} {'rollout s':>10} {'update s':>9} {'tok/s':>9} {'peak GB/proc':>13} "
           f"{'update eff':>10}")
     for r in results:

@@ -76,6 +76,6 @@ def test_bench_scale_tiny(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "update eff" in run.stdout
     runs = json.loads(out.read_text())["runs"]
-    assert [r["setup"] for r in runs] == ["torchrun x1", "torchrun x2", "plain full", "plain lora r=4"]
-    assert runs[0]["update_efficiency"] == 1.0 and runs[2]["update_efficiency"] is None
+    assert [r["setup"] for r in runs] == ["x1 full", "x2 full", "x1 lora r=4", "x2 lora r=4"]
+    assert runs[0]["update_efficiency"] == runs[2]["update_efficiency"] == 1.0
     assert all(r["tokens_per_s"] > 0 and r["peak_mem_gb_per_process"] > 0 for r in runs)
