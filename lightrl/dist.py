@@ -383,7 +383,7 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     same f32 norm and clip factor. (torch's clip_grad_norm_ sums f32 shard norms, in an order set by
     the world size; that one-ulp difference reaches every weight through the factor, and AdamW turns
     it into visible weight differences where a gradient sits near its eps.)"""
-    grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
+    grads = [local(p.grad) for p in params if p.grad is not None]
     device = grads[0].device if grads else _device
     squares = torch.zeros((), dtype=torch.float64, device=device)
     for g in grads:
