@@ -59,6 +59,20 @@ def _close(actual, expected, tol, what):
     torch.testing.assert_close(actual.float(), expected.float(), rtol=tol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
+def _assert_matches_reference(backend, args, dtype, temperature, entropy):
+    """backend's log-probs, entropy and both gradients on args against the reference's, at dtype's
+    tolerances; returns the reference's outputs."""
+    ref = _run("reference", *args, temperature, entropy)
+    got = _run(backend, *args, temperature, entropy)
+    fwd_tol, grad_tol = TOL[dtype]
+    _close(got[0], ref[0], fwd_tol, "logp")
+    if entropy:
+        _close(got[1], ref[1], fwd_tol, "entropy")
+    _close(got[2], ref[2], grad_tol, "grad hidden")
+    _close(got[3], ref[3], grad_tol, "grad weight")
+    return ref
+
+
 CASES = {
     # name: (n, d, v, dtype, temperature, hidden scale, ignored rows)
     "ragged-vocab": (37, 48, 300, torch.float32, 1.0, 1.0, ()),  # V, N not multiples of any tile
@@ -77,14 +91,7 @@ CASES = {
 def test_parity_with_reference(backend, case, entropy):
     n, d, v, dtype, temperature, scale, ignore = CASES[case]
     args = _inputs(n, d, v, dtype, scale=scale, ignore=ignore)
-    ref = _run("reference", *args, temperature, entropy)
-    got = _run(backend, *args, temperature, entropy)
-    fwd_tol, grad_tol = TOL[dtype]
-    _close(got[0], ref[0], fwd_tol, "logp")
-    if entropy:
-        _close(got[1], ref[1], fwd_tol, "entropy")
-    _close(got[2], ref[2], grad_tol, "grad hidden")
-    _close(got[3], ref[3], grad_tol, "grad weight")
+    ref = _assert_matches_reference(backend, args, dtype, temperature, entropy)
     if case == "large-logits":
         assert ref[0].abs().max() > 100, "the case must really produce large log-probs"
 
@@ -263,14 +270,7 @@ def test_cuda_configuration_parity(cuda_config, case, entropy):
     args = _inputs(n, d, v, dtype, scale=scale, ignore=ignore)
     bits = 16 if dtype != torch.float32 else 32
     assert cuda_config._config(args[0], "forward") is cuda_config.CONFIGS["cuda", bits]["forward"]
-    ref = _run("reference", *args, temperature, entropy)
-    got = _run("triton", *args, temperature, entropy)
-    fwd_tol, grad_tol = TOL[dtype]
-    _close(got[0], ref[0], fwd_tol, "logp")
-    if entropy:
-        _close(got[1], ref[1], fwd_tol, "entropy")
-    _close(got[2], ref[2], grad_tol, "grad hidden")
-    _close(got[3], ref[3], grad_tol, "grad weight")
+    _assert_matches_reference("triton", args, dtype, temperature, entropy)
 
 
 @pytest.mark.interpret
